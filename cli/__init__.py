@@ -1,0 +1,1 @@
+"""Headless subcommands of main.py, one module each; each provides ``register(subparsers)``."""

@@ -1,0 +1,41 @@
+"""`main.py generate`: seeded images from a model, with optional edits."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cli.common import add_edit_arguments, add_model_argument, load_model_from_args, print_progress, seed_list
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate images for a prompt and seeds; writes DIR/<seed>.png and grid.png")
+    add_model_argument(p)
+    add_edit_arguments(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--seeds", type=seed_list, default=[0], help="e.g. 0-7 or 1,5,9 (default 0)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--scheduler", default="ddim", choices=["ddim", "dpm++"])
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.generate import GenerationRequest, generate
+    from engine.images import save_png, image_grid
+
+    model = load_model_from_args(args)
+    request = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative, seeds=args.seeds,
+                                steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
+                                scheduler=args.scheduler)
+    images = generate(model, request, progress=print_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed, image in zip(args.seeds, images):
+        save_png(image, args.out / f"{seed}.png")
+    save_png(image_grid(images), args.out / "grid.png")
+    print(f"wrote {len(images)} image(s) and grid.png to {args.out}")
+    return 0
