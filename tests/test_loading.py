@@ -1,0 +1,169 @@
+"""Model loading: the LDM single-file key map, single-file checkpoints, clear errors, offline only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.ldm_keys import pipeline_to_ldm_state_dict
+
+# ---------------------------------------------------------------- the SD 1.5 original layout, written out by rule
+RES = ["in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3"]
+ATTN = ["norm", "proj_in", "proj_out"] + [f"transformer_blocks.0.{m}" for m in (
+    "attn1.to_out.0", "ff.net.0.proj", "ff.net.2", "attn2.to_out.0", "norm1", "norm2", "norm3")]
+ATTN_NOBIAS = [f"transformer_blocks.0.attn{a}.to_{p}" for a in (1, 2) for p in "qkv"]
+
+
+def _wb(modules: list[str]) -> set[str]:
+    return {f"{m}.{p}" for m in modules for p in ("weight", "bias")}
+
+
+def sd15_unet_keys() -> set[str]:
+    """SD 1.5's 686 UNet keys: input_blocks.0..11, middle_block.0..2, output_blocks.0..11, out, time_embed."""
+    mods: list[str] = ["time_embed.0", "time_embed.2", "input_blocks.0.0", "out.0", "out.2"]
+    keys: set[str] = set()
+
+    def res(prefix: str, skip: bool) -> None:
+        mods.extend(f"{prefix}.{m}" for m in RES + (["skip_connection"] if skip else []))
+
+    def attn(prefix: str) -> None:
+        mods.extend(f"{prefix}.{m}" for m in ATTN)
+        keys.update(f"{prefix}.{m}.weight" for m in ATTN_NOBIAS)
+
+    for i in (1, 2, 4, 5, 7, 8, 10, 11):
+        res(f"input_blocks.{i}.0", skip=i in (4, 7))
+        if i < 10:
+            attn(f"input_blocks.{i}.1")
+    mods.extend(f"input_blocks.{i}.0.op" for i in (3, 6, 9))
+    res("middle_block.0", False)
+    attn("middle_block.1")
+    res("middle_block.2", False)
+    for i in range(12):
+        res(f"output_blocks.{i}.0", True)
+        if i >= 3:
+            attn(f"output_blocks.{i}.1")
+    mods.extend(["output_blocks.2.1.conv", "output_blocks.5.2.conv", "output_blocks.8.2.conv"])
+    keys |= _wb(mods)
+    return {"model.diffusion_model." + k for k in keys}
+
+
+def sd15_vae_keys() -> set[str]:
+    """SD 1.5's 248 VAE keys (encoder.down.i.block.j, decoder.up.i.block.j, mid.block_1/attn_1/block_2, ...)."""
+    vres = ["norm1", "conv1", "norm2", "conv2"]
+    mods = ["quant_conv", "post_quant_conv"]
+    for part in ("encoder", "decoder"):
+        mods += [f"{part}.conv_in", f"{part}.norm_out", f"{part}.conv_out"]
+        mods += [f"{part}.mid.block_{b}.{m}" for b in (1, 2) for m in vres]
+        mods += [f"{part}.mid.attn_1.{m}" for m in ("norm", "q", "k", "v", "proj_out")]
+    for i in range(4):
+        for j in range(2):
+            mods += [f"encoder.down.{i}.block.{j}.{m}" for m in vres]
+        for j in range(3):
+            mods += [f"decoder.up.{i}.block.{j}.{m}" for m in vres]
+    mods += [f"encoder.down.{i}.downsample.conv" for i in range(3)]
+    mods += [f"decoder.up.{i}.upsample.conv" for i in (1, 2, 3)]
+    mods += ["encoder.down.1.block.0.nin_shortcut", "encoder.down.2.block.0.nin_shortcut",
+             "decoder.up.0.block.0.nin_shortcut", "decoder.up.1.block.0.nin_shortcut"]
+    return {"first_stage_model." + k for k in _wb(mods)}
+
+
+def sd15_clip_keys(layers: int) -> set[str]:
+    """CLIP-L under cond_stage_model.transformer.text_model (SD 1.5 has 12 layers; the tiny one has 2)."""
+    mods = ["final_layer_norm"]
+    for n in range(layers):
+        mods += [f"encoder.layers.{n}.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                    "self_attn.out_proj", "layer_norm1", "layer_norm2", "mlp.fc1",
+                                                    "mlp.fc2")]
+    keys = _wb(mods) | {"embeddings.token_embedding.weight", "embeddings.position_embedding.weight"}
+    return {"cond_stage_model.transformer.text_model." + k for k in keys}
+
+
+def test_sd15_rule_has_the_real_key_counts() -> None:
+    # v1-5-pruned-emaonly.safetensors: 686 UNet, 248 VAE and 196 CLIP weights (+ the position_ids buffer).
+    assert (len(sd15_unet_keys()), len(sd15_vae_keys()), len(sd15_clip_keys(12))) == (686, 248, 196)
+
+
+def test_tiny_sd1_maps_to_exactly_the_sd15_names(tiny_sd1_pipeline) -> None:
+    ldm = pipeline_to_ldm_state_dict(tiny_sd1_pipeline)
+    expected = sd15_unet_keys() | sd15_vae_keys() | sd15_clip_keys(2)
+    assert set(ldm) == expected
+    assert ldm["first_stage_model.encoder.mid.attn_1.q.weight"].ndim == 4  # 1x1 conv in the original VAE
+    assert all(t.device.type == "cpu" and t.is_contiguous() for t in ldm.values())
+
+
+def _assert_inverse(pipe, ldm: dict[str, torch.Tensor]) -> None:
+    """diffusers' own LDM->diffusers conversion must give back every original tensor exactly."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+    )
+
+    for converted, module in ((convert_ldm_unet_checkpoint(ldm, pipe.unet.config), pipe.unet),
+                              (convert_ldm_vae_checkpoint(ldm, pipe.vae.config), pipe.vae)):
+        reference = module.state_dict()
+        assert set(converted) == set(reference)
+        assert all(torch.equal(converted[k], reference[k]) for k in reference)
+    text = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(ldm).items()}
+    reference = pipe.text_encoder.state_dict()
+    assert set(text) == {k for k in reference if not k.endswith("position_ids")}
+    assert all(torch.equal(text[k], reference[k]) for k in text)
+
+
+def test_ldm_map_is_inverted_exactly_by_diffusers(tiny_sd1_pipeline, builtin_model) -> None:
+    for pipe in (tiny_sd1_pipeline, builtin_model.pipe):
+        _assert_inverse(pipe, pipeline_to_ldm_state_dict(pipe))
+
+
+def test_openclip_layout_round_trips() -> None:
+    """SD 2's text encoder (1024 wide) is written in the OpenCLIP layout with fused in_proj."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.ldm_keys import open_clip_to_ldm
+
+    torch.manual_seed(0)
+    model = CLIPTextModel(CLIPTextConfig(vocab_size=64, hidden_size=1024, intermediate_size=32,
+                                         num_attention_heads=16, num_hidden_layers=2, max_position_embeddings=77,
+                                         hidden_act="gelu"))
+    ldm = open_clip_to_ldm(model.state_dict())
+    assert "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight" in ldm
+    assert "cond_stage_model.model.positional_embedding" in ldm
+    assert ldm["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"].shape == (3072, 1024)
+    back = {k.removeprefix("text_model."): v for k, v in convert_open_clip_checkpoint(model, ldm).items()}
+    reference = model.state_dict()
+    assert set(back) == set(reference)
+    assert all(torch.equal(back[k], reference[k]) for k in reference)
+
+
+# ---------------------------------------------------------------- single files load offline, same images
+def _images(pipe, steps: int = 2) -> torch.Tensor:
+    generator = torch.Generator("cpu").manual_seed(0)
+    out = pipe(["a red circle", "a cat"], num_inference_steps=steps, guidance_scale=5.0, generator=generator,
+               output_type="pt").images
+    return out
+
+
+def _save_safetensors(pipe, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    save_file(pipeline_to_ldm_state_dict(pipe), str(path))
+    return path
+
+
+@pytest.mark.parametrize("which", ["tiny", "builtin"])
+def test_from_single_file_reproduces_the_folder(which: str, tiny_sd1_dir: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from engine.model import BUILTIN_PATH
+
+    folder = tiny_sd1_dir if which == "tiny" else BUILTIN_PATH
+    kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    reference = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    file = _save_safetensors(reference, tmp_path / f"{which} model ü.safetensors")
+    loaded = StableDiffusionPipeline.from_single_file(str(file), config=str(folder), local_files_only=True, **kwargs)
+    for pipe in (reference, loaded):
+        pipe.set_progress_bar_config(disable=True)
+    assert torch.equal(_images(reference), _images(loaded))
