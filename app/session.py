@@ -1,0 +1,144 @@
+"""Sessions: a JSON file with the model reference and the document, plus the edits as files beside it.
+
+``studio.session.json`` is written next to a folder ``studio.session.edits/`` holding one
+``<edit id>.safetensors`` per stack entry (EditDelta.save, manifest included), so a
+session can be reopened, and each edit applied by the CLI, without the GUI. Reading
+and validating the JSON is plain Python (GUI thread); reading and writing edit files
+touches torch and runs on the worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.state import Document
+from engine.jobs import InputError
+
+FORMAT = "erasure-studio-session"
+VERSION = 1
+SUFFIX = ".session.json"
+
+
+@dataclass
+class ModelRef:
+    source: str = "builtin"
+    device: str = "auto"
+    precision: str = "auto"
+
+
+@dataclass
+class SessionData:
+    model: ModelRef
+    doc: Document
+    path: Path | None = None
+    edit_files: dict[str, Path] = field(default_factory=dict)  # edit id -> file
+
+
+def edits_dir(path: Path) -> Path:
+    name = path.name.removesuffix(".json")
+    return path.with_name(name + ".edits")
+
+
+def to_json(model: ModelRef, doc: Document) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "model": model.__dict__.copy(), "document": doc.to_json()}
+
+
+def read_session(path: Path) -> SessionData:
+    """Read and check a session file; raises InputError with one sentence if it is not usable."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"The session file {path.name} does not exist.", str(path)) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path.name} is not a readable session file.", repr(exc)) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(f"{path.name} is not an Erasure Studio session.", str(path))
+    if int(data.get("version", 0)) > VERSION:
+        raise InputError(f"{path.name} was written by a newer version of the studio.", str(data.get("version")))
+    try:
+        model = ModelRef(**{k: str(v) for k, v in (data.get("model") or {}).items()
+                            if k in ("source", "device", "precision")})
+        doc = Document.from_json(data.get("document") or {})
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InputError(f"{path.name} has damaged contents.", repr(exc)) from exc
+    folder = edits_dir(path)
+    files = {item.edit_id: folder / f"{item.edit_id}.safetensors" for item in doc.stack}
+    missing = [f.name for f in files.values() if not f.is_file()]
+    if missing:
+        raise InputError(f"The session {path.name} is missing {len(missing)} edit file(s) from {folder.name}.",
+                         ", ".join(missing))
+    return SessionData(model, doc, path, files)
+
+
+def write_session(path: Path, model: ModelRef, doc: Document, edits: dict[str, Any]) -> Path:
+    """Write the edit files (only new ones) and then the JSON, each atomically. Worker thread."""
+    from engine.atomic import atomic_path
+
+    path = Path(path)
+    folder = edits_dir(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {item.edit_id for item in doc.stack}
+    for edit_id in wanted:
+        target = folder / f"{edit_id}.safetensors"
+        if not target.is_file():  # edit ids are unique per edit, so an existing file is this edit
+            edits[edit_id].save(target)
+    for stale in folder.glob("*.safetensors"):
+        if stale.stem not in wanted:
+            stale.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(to_json(model, doc), indent=1), encoding="utf-8")
+    return path
+
+
+def load_edits(session: SessionData) -> dict[str, Any]:
+    """Load every EditDelta a session refers to. Worker thread."""
+    from engine.edits import EditDelta
+
+    return {edit_id: EditDelta.load(file) for edit_id, file in session.edit_files.items()}
+
+
+# -- crash detection: a lock file with our pid exists while the window is open
+def lock_path(data: Path) -> Path:
+    return data / "running.lock"
+
+
+def autosave_path(data: Path) -> Path:
+    return data / "autosave" / ("autosave" + SUFFIX)
+
+
+def previous_run_crashed(data: Path) -> bool:
+    """True if a lock from a process that is no longer running is left, and an autosave exists."""
+    lock = lock_path(data)
+    if not lock.is_file() or not autosave_path(data).is_file():
+        return False
+    try:
+        pid = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False  # that process is still alive (another window)
+
+
+def take_lock(data: Path) -> None:
+    lock_path(data).write_text(str(os.getpid()))
+
+
+def release_lock(data: Path) -> None:
+    lock = lock_path(data)
+    try:
+        if lock.read_text().strip() == str(os.getpid()):
+            lock.unlink()
+    except OSError:
+        pass
