@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +169,183 @@ def test_from_single_file_reproduces_the_folder(which: str, tiny_sd1_dir: Path, 
     for pipe in (reference, loaded):
         pipe.set_progress_bar_config(disable=True)
     assert torch.equal(_images(reference), _images(loaded))
+
+
+# ---------------------------------------------------------------- load_model on single files
+def _generate(model, steps: int = 3):
+    from engine.generate import GenerationRequest, generate
+
+    images = generate(model, GenerationRequest(prompt="a red circle", seeds=[0, 1], steps=steps))
+    return [np.asarray(im) for im in images]
+
+
+def _same_images(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_single_file_sd1_safetensors_and_ckpt_match_the_folder(tiny_sd1_dir: Path, tmp_path: Path) -> None:
+    from engine.model import load_model
+
+    folder_model = load_model(tiny_sd1_dir, device="cpu")
+    expected = _generate(folder_model)
+    state = pipeline_to_ldm_state_dict(folder_model.pipe)
+    odd = tmp_path / "my models" / "tiny ü 模型.safetensors"
+    odd.parent.mkdir()
+    from safetensors.torch import save_file
+
+    save_file(state, str(odd))
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": state, "global_step": 7, "epoch": 1}, str(ckpt))
+    for file in (odd, ckpt):
+        model = load_model(file, device="cpu", config=tiny_sd1_dir)
+        assert model.architecture == "sd1"
+        assert _same_images(expected, _generate(model))
+
+
+def test_builtin_as_single_file_is_recognised(builtin_model, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from engine.model import load_model
+
+    file = tmp_path / "shapesworld.safetensors"
+    save_file(pipeline_to_ldm_state_dict(builtin_model.pipe), str(file))
+    model = load_model(file, device="cpu")
+    assert model.architecture == "shapesworld"
+    assert _same_images(_generate(builtin_model), _generate(model))
+
+
+class _Marker:
+    """Unpickling this would create a file: proof that a pickle ran code."""
+
+    path = ""
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("style", ["torch-zip", "legacy-pickle"])
+def test_malicious_ckpt_is_refused_without_running(style: str, tmp_path: Path) -> None:
+    from engine.jobs import ModelLoadError
+    from engine.model import load_model
+
+    marker = tmp_path / "pwned.txt"
+    evil = _Marker()
+    evil.path = str(marker)
+    payload = {"state_dict": {"model.diffusion_model.out.2.weight": torch.zeros(2)}, "callback": evil}
+    file = tmp_path / "evil.ckpt"
+    if style == "torch-zip":
+        torch.save(payload, str(file))
+    else:
+        with open(file, "wb") as f:
+            pickle.dump(payload, f)
+    assert not marker.exists()
+    with pytest.raises(ModelLoadError) as info:
+        load_model(file, device="cpu")
+    assert "Python objects" in info.value.user_message
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- clear errors
+def _one_sentence(text: str) -> bool:
+    return "\n" not in text and text.endswith(".") and len(text) < 200
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _safetensors_with(tmp_path: Path, name: str, tensors: dict[str, torch.Tensor]) -> Path:
+    from safetensors.torch import save_file
+
+    file = tmp_path / name
+    save_file(tensors, str(file))
+    return file
+
+
+def test_bad_inputs_give_one_plain_sentence(tmp_path: Path, tiny_sd1_dir: Path) -> None:
+    from engine.jobs import ModelLoadError
+    from engine.model import load_model
+
+    rng = np.random.default_rng(0)
+    real = _safetensors_with(tmp_path, "real.safetensors", {"model.diffusion_model.x": torch.zeros(1000)})
+    whole = real.read_bytes()
+    ckpt = tmp_path / "real.ckpt"
+    torch.save({"state_dict": {"a": torch.zeros(1000)}}, str(ckpt))
+    x = torch.zeros(1)
+    sdxl = {"conditioner.embedders.1.model.ln_final.weight": x, "model.diffusion_model.out.2.weight": x.clone()}
+    cases = {
+        "There is no model": tmp_path / "missing.safetensors",
+        "empty": _write(tmp_path / "empty.safetensors", b""),
+        "not a model file": _write(tmp_path / "random.safetensors", rng.bytes(5000)),
+        "not a model file ": _write(tmp_path / "random.ckpt", rng.bytes(5000)),
+        "not a model file  ": _write(tmp_path / "nonjson.safetensors", (20).to_bytes(8, "little") + b"{not json at all!!!}"),
+        "incomplete": _write(tmp_path / "claims.safetensors", (10**6).to_bytes(8, "little") + b'{"a": 1}'),
+        "incomplete ": _write(tmp_path / "truncated.safetensors", whole[: len(whole) - 2000]),
+        "incomplete or damaged": _write(tmp_path / "truncated.ckpt", ckpt.read_bytes()[:300]),
+        "no model_index.json": tmp_path,
+        "SDXL checkpoint; SDXL is not supported yet": _safetensors_with(tmp_path, "xl.safetensors", sdxl),
+        "LoRA": _safetensors_with(tmp_path, "lora.safetensors", {"lora_unet_down_blocks_0.lora_down.weight": x}),
+        "unusual size": _safetensors_with(tmp_path, "tiny.safetensors", _tiny_state(tiny_sd1_dir)),
+        "not a Stable Diffusion checkpoint": _safetensors_with(tmp_path, "other.safetensors", {"foo.weight": x}),
+        "choose a .safetensors": _write(tmp_path / "notes.txt", b"hello"),
+    }
+    for expected, path in cases.items():
+        with pytest.raises(ModelLoadError) as info:
+            load_model(path, device="cpu")
+        message = info.value.user_message
+        assert expected.strip() in message, (path.name, message)
+        assert _one_sentence(message), message
+
+
+def _tiny_state(folder: Path) -> dict[str, torch.Tensor]:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
+    return pipeline_to_ldm_state_dict(pipe)
+
+
+def test_sd2_file_names_and_yaml_decide_v_prediction(tmp_path: Path) -> None:
+    from engine.model import _v_prediction_hint
+
+    assert _v_prediction_hint(tmp_path / "v2-1_768-ema-pruned.safetensors", {})[0] is True
+    assert _v_prediction_hint(tmp_path / "sd21-vpred.ckpt", {})[0] is True
+    assert _v_prediction_hint(tmp_path / "v2-1_512-ema-pruned.safetensors", {})[0] is False
+    assert _v_prediction_hint(tmp_path / "mystery.safetensors", {"v_pred": torch.zeros(1)})[0] is True
+    assert _v_prediction_hint(tmp_path / "mystery.safetensors", {})[0] is None
+    (tmp_path / "mystery.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    assert _v_prediction_hint(tmp_path / "mystery.safetensors", {})[0] is True
+
+
+# ---------------------------------------------------------------- the bundled skeletons are real SD shapes
+@pytest.mark.parametrize("name", ["sd1", "sd2", "sd2-v"])
+def test_skeletons_have_real_sd_sizes_and_layout(name: str) -> None:
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.ldm_keys import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
+    from engine.model import SKELETONS
+
+    folder = SKELETONS / name
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(folder / "unet")))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(folder / "vae")))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(str(folder / "text_encoder")))
+
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    sd2 = name != "sd1"
+    # Parameter counts of the published SD 1.5 / SD 2.x diffusers weights.
+    assert count(unet) == (865_910_724 if sd2 else 859_520_964)
+    assert count(vae) == 83_653_863
+    assert count(text) == (340_387_840 if sd2 else 123_060_480)
+    assert set(unet_to_ldm(unet.state_dict(), unet.config)) == sd15_unet_keys()
+    assert set(vae_to_ldm(vae.state_dict(), vae.config)) == sd15_vae_keys()
+    text_keys = set((open_clip_to_ldm if sd2 else clip_to_ldm)(text.state_dict()))
+    if sd2:
+        assert "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight" in text_keys
+    else:
+        assert text_keys == sd15_clip_keys(12)
