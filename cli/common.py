@@ -38,6 +38,9 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="weight precision")
     parser.add_argument("--arch", default=None, choices=["sd1", "sd2", "sd2-v"],
                         help="override the architecture detected from a single-file checkpoint")
+    parser.add_argument("--config", default=None, metavar="DIR",
+                        help="a diffusers folder whose configs describe a single-file checkpoint "
+                             "(default: the bundled SD 1.x/2.x skeletons)")
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +59,7 @@ def load_model_from_args(args: argparse.Namespace, progress=None):
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype or "")
     model = load_model(args.model, device=args.device, dtype=dtype, architecture=getattr(args, "arch", None),
-                       progress=progress or print_progress)
+                       progress=progress or print_progress, config=getattr(args, "config", None))
     edits = getattr(args, "edit", []) or []
     strengths = getattr(args, "strength", []) or []
     if len(strengths) > len(edits):

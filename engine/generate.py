@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.jobs import CancelToken, Cancelled, InputError, ProgressCallback, ProgressReporter, no_progress
+from engine.jobs import Cancelled, CancelToken, InputError, ProgressCallback, ProgressReporter, no_progress
 
 SCHEDULERS = ("ddim", "dpm++")
 MAX_SEED = 2**32 - 1
@@ -78,18 +78,18 @@ def generate(model: Any, request: GenerationRequest, progress: ProgressCallback 
 
     def on_step(p: Any, index: int, timestep: Any, kwargs: dict) -> dict:
         if cancel.cancelled:
-            p._interrupt = True
-            return kwargs
+            # Raising here leaves the pipeline at once; interrupting would still decode the latents first.
+            raise Cancelled("Generation was cancelled.")
         preview = None
         if request.preview_every and (index + 1) % request.preview_every == 0 and index + 1 < request.steps:
             preview = latent_preview(kwargs["latents"])
         reporter.step(f"step {index + 1}/{request.steps}", preview)
         return kwargs
 
-    common = dict(prompt=[request.prompt] * len(request.seeds),
-                  negative_prompt=[request.negative_prompt] * len(request.seeds) if request.negative_prompt else None,
-                  num_inference_steps=request.steps, guidance_scale=request.guidance, height=height, width=width,
-                  latents=latents, output_type="pil")
+    negative = [request.negative_prompt] * len(request.seeds) if request.negative_prompt else None
+    common = {"prompt": [request.prompt] * len(request.seeds), "negative_prompt": negative,
+              "num_inference_steps": request.steps, "guidance_scale": request.guidance, "height": height,
+              "width": width, "latents": latents, "output_type": "pil"}
     with torch.inference_mode():
         if sld:
             from engine.sld import generate_with_sld
