@@ -349,3 +349,53 @@ def test_skeletons_have_real_sd_sizes_and_layout(name: str) -> None:
         assert "cond_stage_model.model.transformer.resblocks.22.attn.in_proj_weight" in text_keys
     else:
         assert text_keys == sd15_clip_keys(12)
+
+
+def _tiny_sd2_pipeline():
+    """SD 2.x-shaped tiny pipeline: 1024-wide text encoder (OpenCLIP layout), linear projections, v-prediction."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from engine.model import BUILTIN_PATH
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16, 32, 32), layers_per_block=2, sample_size=8, cross_attention_dim=1024,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=(1, 2, 4, 4),
+        use_linear_projection=True, norm_num_groups=4)
+    vae = AutoencoderKL(block_out_channels=(8, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, norm_num_groups=4)
+    tokenizer = CLIPTokenizer.from_pretrained(str(BUILTIN_PATH / "tokenizer"))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=64, num_attention_heads=16,
+        num_hidden_layers=2, max_position_embeddings=77, hidden_act="gelu", bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def test_single_file_sd2_openclip_layout_matches_the_folder(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from engine.jobs import ModelLoadError
+    from engine.model import load_model
+
+    folder = tmp_path / "tiny-sd2"
+    _tiny_sd2_pipeline().save_pretrained(str(folder))
+    folder_model = load_model(folder, device="cpu")
+    assert folder_model.architecture == "sd2-v"
+    state = pipeline_to_ldm_state_dict(folder_model.pipe)
+    assert "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight" in state
+    assert not any(k.startswith("cond_stage_model.transformer.") for k in state)
+    file = tmp_path / "tiny-sd2.safetensors"
+    save_file(state, str(file))
+    model = load_model(file, device="cpu", config=folder)
+    assert model.architecture == "sd2-v"
+    assert _same_images(_generate(folder_model, steps=2), _generate(model, steps=2))
+    with pytest.raises(ModelLoadError) as info:  # detected as SD 2.x, but too small for the real SD 2 skeleton
+        load_model(file, device="cpu")
+    assert "do not fit" in info.value.user_message and _one_sentence(info.value.user_message)
