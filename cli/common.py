@@ -60,6 +60,8 @@ def load_model_from_args(args: argparse.Namespace, progress=None):
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype or "")
     model = load_model(args.model, device=args.device, dtype=dtype, architecture=getattr(args, "arch", None),
                        progress=progress or print_progress, config=getattr(args, "config", None))
+    for note in model.notes:  # how a single file's architecture was decided
+        print(f"note: {note}", file=sys.stderr)
     edits = getattr(args, "edit", []) or []
     strengths = getattr(args, "strength", []) or []
     if len(strengths) > len(edits):
