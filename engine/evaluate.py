@@ -60,8 +60,9 @@ class EvalRequest:
     steps: int = 25
     guidance: float = 5.0
     erased: list[str] = field(default_factory=list)
-    quick: bool = False  # a smaller suite (one color per shape and style) for tests and previews
+    quick: bool = False  # a smaller suite (about a third of the combinations) for previews
     use_cache: bool = True
+    cases: list[EvalCase] | None = None  # a custom suite (e.g. from compact_suite); overrides quick
 
 
 @dataclass
@@ -142,6 +143,18 @@ def build_suite(quick: bool = False) -> list[EvalCase]:
     for shape in SHAPES:
         add(None, None, shape, shape, "solid", None, "bare")
     return cases
+
+
+def compact_suite(erased: list[str], others: int = 6) -> list[EvalCase]:
+    """A small suite for live metrics: every prompt naming an erased concept in the plain color/shape
+    combination (canonical and variant words), plus ``others`` prompts about none of them."""
+    concepts = [resolve_concept(c) for c in erased]
+    full = build_suite()
+    mentioned = [c for c in full if any(case_mentions(c, k) for k in concepts) and c.group != "bare"
+                 and (c.style == "solid" or any(k.kind == "style" for k in concepts))]
+    rest = [c for c in full if c.group == "combo" and not any(case_mentions(c, k) for k in concepts)]
+    step = max(1, len(rest) // max(1, others))
+    return mentioned + rest[::step][:others]
 
 
 def case_correct(case: EvalCase, verdict: Verdict) -> dict[str, bool]:
@@ -258,7 +271,7 @@ def evaluate(model: Any, request: EvalRequest, progress: ProgressCallback = no_p
         raise InputError("Evaluation needs the built-in ShapesWorld model, which has a judge; load 'builtin'.")
     cancel = cancel or CancelToken()
     concepts = [resolve_concept(c) for c in request.erased]
-    cases = build_suite(request.quick)
+    cases = request.cases if request.cases is not None else build_suite(request.quick)
     edited = len(model.stack) > 0 and concepts
     total = len(cases) * (2 if edited else 1)
     reporter = ProgressReporter(progress, "evaluate", total, cancel)
