@@ -140,7 +140,7 @@ class EditDelta:
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
-                deltas = {k: f.get_tensor(k) for k in f.keys()}
+                deltas = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         except Exception as exc:  # safetensors raises several types for broken files
             raise InputError(f"{path.name} is not a readable edit file.", repr(exc)) from exc
         if MANIFEST_KEY not in metadata:

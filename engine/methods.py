@@ -43,9 +43,10 @@ class ParamSpec:
                 value = str(value)
         except (TypeError, ValueError):
             raise InputError(f"{self.name} must be a {self.kind} value.", repr(value)) from None
-        if self.kind in ("float", "int"):
-            if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
-                raise InputError(f"{self.name} must be between {self.minimum:g} and {self.maximum:g}.", repr(value))
+        too_low = self.minimum is not None and value < self.minimum
+        too_high = self.maximum is not None and value > self.maximum
+        if self.kind in ("float", "int") and (too_low or too_high):
+            raise InputError(f"{self.name} must be between {self.minimum:g} and {self.maximum:g}.", repr(value))
         if self.kind == "choice" and value not in self.choices:
             raise InputError(f"{self.name} must be one of {', '.join(self.choices)}.", repr(value))
         return value

@@ -149,7 +149,10 @@ def sample_example(rng: np.random.Generator) -> tuple[Scene, str]:
     template = templates[rng.integers(len(templates))]
     if "{style}" in template:
         style = styles[rng.integers(len(styles))]
-    pick = lambda words: words[rng.integers(len(words))]  # noqa: E731
+
+    def pick(words: list[str]) -> str:
+        return words[rng.integers(len(words))]
+
     # Canonical names half of the time, a synonym otherwise, so both are learned well.
     c_word = color if rng.random() < 0.5 else pick(color_words(color))
     s_word = shape if rng.random() < 0.5 else pick(shape_words(shape))

@@ -19,6 +19,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -32,29 +33,33 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from engine.shapesworld import sample_example, render, vocabulary_words, WORLD_JSON  # noqa: E402
+from engine.shapesworld import WORLD_JSON, render, sample_example, vocabulary_words
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
 
-UNET_CONFIG = dict(
-    sample_size=16, in_channels=4, out_channels=4, block_out_channels=(48, 96, 96), layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16,
-)
-VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, sample_size=64, latent_channels=4, block_out_channels=(32, 64, 64),
-    layers_per_block=2, norm_num_groups=16,
-    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-)
-TEXT_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
-                   max_position_embeddings=MAX_LENGTH, hidden_act="quick_gelu", projection_dim=128)
-SCHEDULER_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+UNET_CONFIG = {
+    "sample_size": 16, "in_channels": 4, "out_channels": 4, "block_out_channels": (48, 96, 96), "layers_per_block": 1,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 128, "attention_head_dim": 8, "norm_num_groups": 16,
+}
+VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "sample_size": 64, "latent_channels": 4, "block_out_channels": (32, 64, 64),
+    "layers_per_block": 2, "norm_num_groups": 16,
+    "down_block_types": ("DownEncoderBlock2D",) * 3, "up_block_types": ("UpDecoderBlock2D",) * 3,
+}
+TEXT_CONFIG = {
+    "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
+    "max_position_embeddings": MAX_LENGTH, "hidden_act": "quick_gelu", "projection_dim": 128,
+}
+SCHEDULER_CONFIG = {
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+}
 
 
 def log(msg: str) -> None:
@@ -85,7 +90,7 @@ def build_tokenizer(folder: Path) -> None:
     while True:
         pairs = Counter()
         for w, parts in splits.items():
-            for a, b in zip(parts, parts[1:]):
+            for a, b in itertools.pairwise(parts):
                 pairs[(a, b)] += words[w]
         if not pairs:
             break

@@ -37,7 +37,6 @@ def test_captions_include_empty_and_bare_ones():
 
 
 def test_model_folder_loads_with_plain_diffusers_and_tokenizer_covers_world_words():
-    import engine  # noqa: F401  (offline switches)
     from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(MODEL_DIR / "tokenizer"), local_files_only=True)
@@ -53,7 +52,6 @@ def test_model_folder_loads_with_plain_diffusers_and_tokenizer_covers_world_word
 
 @pytest.mark.slow
 def test_model_folder_is_a_standard_stable_diffusion_pipeline():
-    import engine  # noqa: F401
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(str(MODEL_DIR), local_files_only=True)
