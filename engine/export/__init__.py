@@ -77,10 +77,12 @@ def export(model: Any, request: ExportRequest, progress: ProgressCallback = no_p
            cancel: CancelToken | None = None) -> ExportResult:
     """Write the edited model (``model.pipe`` with its stack applied) as ``request`` asks; see the module doc.
 
+    ``request`` may also be any object or dict with ExportRequest's fields (the export dialog's).
     The model is only read, never changed.
     """
     cancel = cancel or CancelToken()
     started = time.perf_counter()
+    request = ExportRequest.coerce(request)
     request.validate()
     target = request.out.resolve()
     _check_target(model, request, target)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,19 @@ class ExportRequest:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out).expanduser() if str(self.out) else Path("")
+
+    @classmethod
+    def coerce(cls, request: Any) -> ExportRequest:
+        """An ExportRequest from anything with the same fields: the export dialog's request (the GUI may
+        not import the engine) or a dict."""
+        if isinstance(request, cls):
+            return request
+        names = [f.name for f in fields(cls)]
+        if isinstance(request, Mapping):
+            return cls(**{name: request[name] for name in names if name in request})
+        if not all(hasattr(request, name) for name in ("format", "out")):
+            raise InputError("The export request is incomplete; choose a format and a target.", repr(request))
+        return cls(**{name: getattr(request, name) for name in names if hasattr(request, name)})
 
     def validate(self) -> None:
         if self.format not in FORMATS:
