@@ -139,3 +139,24 @@ def test_progress_and_result_views(dialog: ExportDialog, tmp_path: Path) -> None
     dialog.show_failure("The export was cancelled; nothing was written.")
     assert dialog.result_title.text() == "Nothing was exported."
     assert "cancelled" in dialog.result_check.text() and not dialog.show_button.isEnabled()
+
+
+def test_the_engine_describes_a_model_in_the_dialog_context(qtbot, builtin_model, tmp_path: Path) -> None:
+    import torch
+
+    from engine.edits import EditDelta
+    from engine.export import describe
+
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    delta = 0.01 * torch.ones_like(builtin_model.pipe.unet.get_parameter(name))
+    builtin_model.stack.push(EditDelta.create(builtin_model.pipe, {"unet." + name: delta}, "uce",
+                                              {"targets": ["red"]}, {}), 0.5)
+    try:
+        context = ExportContext(**describe(builtin_model), folder=tmp_path)
+    finally:
+        builtin_model.stack.clear()
+    assert context.edit_labels == ["uce: red (0.5)"] and context.inference_labels == []
+    assert 20_000_000 < context.weights_bytes < 23_000_000 and context.delta_bytes == delta.numel() * 4
+    dialog = ExportDialog(None, context)
+    qtbot.addWidget(dialog)
+    assert "uce: red (0.5)" in dialog.summary.text() and "21.4 MB" in dialog.summary.text()

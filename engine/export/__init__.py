@@ -63,7 +63,7 @@ __all__ = [
     "SOURCE_KEY",
     "ExportRequest",
     "ExportResult",
-    "estimate_bytes",
+    "describe",
     "export",
 ]
 
@@ -117,17 +117,25 @@ def export(model: Any, request: ExportRequest, progress: ProgressCallback = no_p
     return result
 
 
-def estimate_bytes(model: Any, request: ExportRequest) -> int | None:
-    """Roughly what the export will take on disk (None when only the SVD can tell, for LoRAs)."""
+def describe(model: Any) -> dict[str, Any]:
+    """What the export dialog shows about ``model``; the keys are ``widgets.export_dialog.ExportContext``'s,
+    so the GUI can build it with ``ExportContext(**describe(model), folder=...)`` without the dialog
+    importing the engine."""
+    from engine.export.common import base_model_name, entry_summary
     from engine.export.folder import folder_tensors
 
-    dtype = EXPORT_DTYPES[request.dtype]
-    if request.format in ("diffusers", "single-file"):
-        return sum(tensor_bytes((t for _, t in items), dtype) for items in folder_tensors(model.pipe).values())
-    if request.format == "edit":
-        content = StackContent.of(model)
-        return sum(model.stack.original(n).numel() * 4 for n in content.touched)
-    return None
+    content = StackContent.of(model)
+
+    def label(entry: Any) -> str:
+        return f"{entry.edit.label} ({entry_summary(entry)['strength']:g})"
+
+    weights = sum(tensor_bytes((t for _, t in items), EXPORT_DTYPES["fp32"])
+                  for items in folder_tensors(model.pipe).values())
+    return {"model_label": base_model_name(model),
+            "edit_labels": [label(e) for e in content.weight_entries],
+            "inference_labels": [label(e) for e in content.inference_entries],
+            "weights_bytes": weights,
+            "delta_bytes": sum(model.stack.original(n).numel() * 4 for n in content.touched)}
 
 
 # ---------------------------------------------------------------- formats
