@@ -110,6 +110,7 @@ def test_diffusers_folder_gives_identical_images_and_a_model_card(edited, tmp_pa
     assert load_model(str(out), device="cpu").architecture == "shapesworld"
 
 
+@pytest.mark.slow
 def test_fp16_diffusers_folder_loads_with_a_plain_call(edited, tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
@@ -160,6 +161,7 @@ def test_single_file_gives_identical_images_for_the_builtin_model(edited, tmp_pa
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_single_file_of_an_sd1_shaped_model_has_only_sd15_keys(tiny_sd1_pipeline, tiny_sd1_dir: Path,
                                                                tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline
