@@ -1,0 +1,202 @@
+"""Closed-form erasure (UCE, RECE, SPEED) and the adversarial-embedding probe on the built-in model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import engine  # noqa: F401
+from engine import closed_form as cf
+from engine.edits import EditDelta
+from engine.generate import GenerationRequest, generate
+from engine.jobs import Cancelled, CancelToken, InputError
+from engine.judge import judge_images
+from engine.methods import EraseRequest, all_methods, erase
+
+
+@pytest.fixture(scope="module")
+def model():
+    from engine.model import load_model
+
+    return load_model("builtin", device="cpu")
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.pipe.unet.named_parameters()}
+
+
+def _share(model, prompt: str, kind: str, value: str, seeds=range(4), steps: int = 10) -> float:
+    images = generate(model, GenerationRequest(prompt, seeds=list(seeds), steps=steps, guidance=5.0))
+    return sum(v.shows(kind, value) for v in judge_images(images)) / len(images)
+
+
+def test_registry_and_tooltips():
+    methods = all_methods()
+    for name in ("uce", "rece", "speed"):
+        spec = methods[name]
+        assert spec.family == "closed-form"
+        for param in spec.params:
+            assert param.tooltip.endswith(".") and len(param.tooltip) > 20, param.name
+            spec.resolve_params({})  # every default parses
+
+
+def test_finds_every_cross_attention_projection(model):
+    projections = cf.cross_attention_projections(model.pipe)
+    n_attn2 = sum(1 for name, _ in model.pipe.unet.named_modules() if name.endswith("attn2"))
+    assert len(projections) == 2 * n_attn2
+    assert all(p.name.startswith("unet.") and ".attn2.to_" in p.name for p in projections)
+    assert all(p.module.in_features == model.pipe.unet.config.cross_attention_dim for p in projections)
+    assert {p.kind for p in cf.cross_attention_projections(model.pipe, "v")} == {"v"}
+
+
+def test_token_alignment_follows_the_2023_code():
+    # "a red circle" = BOS a red circle EOS (5 tokens); "" = BOS EOS
+    e, g = cf.aligned_spans(5, 2, 77, "subject-to-end")
+    assert (e.start, g.start) == (3, 0) and e.stop - e.start == g.stop - g.start == 77 - 3
+    e, g = cf.aligned_spans(5, 4, 77, "last-subject")
+    assert (e.start, e.stop, g.start, g.stop) == (3, 4, 2, 3)
+    assert cf.aligned_spans(5, 2, 77, "all") == (slice(0, 77), slice(0, 77))
+
+
+def test_solve_matches_the_uce_normal_equations():
+    torch.manual_seed(0)
+    d, out = 6, 4
+    w = torch.randn(out, d, dtype=torch.float64)
+    stats = cf.Statistics(d)
+    e, t, p = torch.randn(5, d), torch.randn(5, d), torch.randn(7, d)
+    stats.add_erase(e, t)
+    stats.add_preserve(p)
+    lamb, se, sp = 0.5, 1.0, 0.3
+    g = cf.solve_right_factor(stats, lamb, se, sp)
+    e, t, p = e.double(), t.double(), p.double()
+    v = (w @ t.T).T  # v* = W t
+    mat1 = lamb * w + se * v.T @ e + sp * (w @ p.T) @ p
+    mat2 = lamb * torch.eye(d, dtype=torch.float64) + se * e.T @ e + sp * p.T @ p
+    assert torch.allclose(w @ (torch.eye(d, dtype=torch.float64) + g), mat1 @ torch.linalg.inv(mat2), atol=1e-9)
+
+
+def test_uce_edit_is_a_delta_and_leaves_the_model_untouched(model):
+    before = _weights(model)
+    seen = []
+    edit = erase(model, EraseRequest("uce", ["red"]), progress=seen.append)
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    names = {p.name for p in cf.cross_attention_projections(model.pipe)}
+    assert set(edit.deltas) == names
+    assert all(d.dtype == torch.float32 and torch.isfinite(d).all() for d in edit.deltas.values())
+    assert edit.manifest["concepts"]["targets"] == ["red"]
+    assert len([p for p in seen if p.stage == "erase"]) >= len(names)  # at least one report per layer
+    values_only = erase(model, EraseRequest("uce", ["red"], params={"edit": "values"}))
+    assert all(".to_v." in n for n in values_only.deltas)
+
+
+def test_uce_on_red_erases_red_and_keeps_blue(model):
+    edit = erase(model, EraseRequest("uce", ["red"]))
+    base_blue = _share(model, "a drawing of a blue star", "color", "blue")
+    model.stack.push(edit)
+    try:
+        red = _share(model, "a drawing of a red circle", "color", "red")
+        crimson = _share(model, "one crimson square", "color", "red")
+        blue = _share(model, "a drawing of a blue star", "color", "blue")
+        circle = _share(model, "a drawing of a red circle", "shape", "circle")
+    finally:
+        model.stack.clear()
+    assert red <= 0.25 and crimson <= 0.25
+    assert blue >= base_blue - 0.25
+    assert circle >= 0.5  # the object stays a circle
+
+
+def test_cancel_leaves_the_model_unchanged(model):
+    before = _weights(model)
+    token = CancelToken()
+    calls = []
+
+    def progress(p):
+        calls.append(p)
+        if p.step >= 2:
+            token.cancel()
+
+    for method in ("uce", "rece", "speed"):
+        with pytest.raises(Cancelled):
+            erase(model, EraseRequest(method, ["red"]), progress=progress, cancel=token)
+        token = CancelToken()
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_bad_requests_say_what_to_do(model):
+    with pytest.raises(InputError, match="guide"):
+        erase(model, EraseRequest("uce", ["red", "blue", "star"], guides=["green", "yellow"]))
+    with pytest.raises(InputError, match="concept itself"):
+        erase(model, EraseRequest("uce", ["red"], guides=["red"]))
+    with pytest.raises(InputError, match="twice"):
+        erase(model, EraseRequest("speed", ["red", "Red"]))
+    with pytest.raises(InputError, match="lamb"):
+        erase(model, EraseRequest("uce", ["red"], params={"lamb": -1}))
+
+
+def test_siblings_and_preserve_come_from_the_world(model):
+    info = cf.concept_info(model, "crimson")
+    assert info.group == "color" and info.member == "red" and "green" in info.siblings
+    assert cf.concept_info(model, "by Kusama").siblings == ("by Riley", "by Vasarely")
+    preserve = cf.build_preserve(model, ["red"], [], True)
+    assert "blue" in preserve and not {"red", "crimson", "scarlet"} & set(preserve)
+    expanded = cf.expand_preserve(model, ["circle"], ["red"])
+    assert "a circle" in expanded and not any("red" in p for p in expanded)
+
+
+def test_rece_and_speed_change_the_right_weights(model):
+    rece = erase(model, EraseRequest("rece", ["red"]))
+    assert rece.manifest["params"]["epochs"] == 1 and rece.manifest["params"]["embedding_reg"] == 0.1
+    assert erase(model, EraseRequest("rece", ["by Kusama"])).manifest["params"]["concept_type"] == "art"
+    speed = erase(model, EraseRequest("speed", ["red", "blue", "by Riley"]))
+    assert speed.deltas and all(".to_v." in n for n in speed.deltas)
+
+
+def test_speed_keeps_the_empty_prompt_invariant(model):
+    from engine.speed import invariant_keys
+
+    speed = erase(model, EraseRequest("speed", ["red"]))
+    k2 = invariant_keys(model.pipe).to(torch.float32)
+    for name, delta in speed.deltas.items():
+        base = model.stack.original(name).to(torch.float32)
+        assert (delta @ k2).norm() <= 1e-3 * (base @ k2).norm(), name
+
+
+def test_mass_erasure_runs_in_constant_memory(model):
+    concepts = [f"thing number {i}" for i in range(40)] + ["red", "star"]
+    for method in ("uce", "speed"):
+        edit = erase(model, EraseRequest(method, concepts))
+        assert edit.deltas and all(torch.isfinite(d).all() for d in edit.deltas.values())
+        assert len(edit.manifest["concepts"]["targets"]) == len(concepts)
+
+
+def test_probe_map_is_near_identity_without_edits(model):
+    from engine.probe import probe_map
+
+    model.stack.clear()
+    r = probe_map(model, reg=1e-6)
+    assert torch.allclose(r, torch.eye(r.shape[0], dtype=r.dtype), atol=1e-3)
+
+
+def test_probe_recovery_reports_a_rate(model):
+    from engine.probe import probe_recovery
+
+    edit = erase(model, EraseRequest("uce", ["red"]))
+    model.stack.push(edit)
+    try:
+        result = probe_recovery(model, "red", "color", seeds=[0, 1], prompts=["a red circle"], steps=6)
+    finally:
+        model.stack.clear()
+    assert 0.0 <= result.recovery_rate <= 1.0 and result.images == 2 and result.value == "red"
+    with pytest.raises(InputError):
+        probe_recovery(model, "Van Gogh", "style", seeds=[0])
+
+
+def test_edits_compose_and_round_trip(model, tmp_path):
+    edit = erase(model, EraseRequest("uce", ["star"]))
+    path = tmp_path / "star.safetensors"
+    edit.save(path)
+    loaded = EditDelta.load(path)
+    assert loaded.manifest["method"] == "uce"
+    assert all(torch.equal(loaded.deltas[n], edit.deltas[n]) for n in edit.deltas)
