@@ -157,6 +157,7 @@ class Controller(QObject):
             self._history.append(doc.copy())
             self._index += 1
         self._merge = merge
+        self._prune_edits()
         log.info("change: %s (%s)", label, ", ".join(sorted(changed)))
         self._apply_doc(doc, changed)
 
@@ -171,10 +172,17 @@ class Controller(QObject):
             self.state.metrics_changed.emit()
         self._autosave_timer.start()
 
+    def _prune_edits(self) -> None:
+        """Forget edits no undo step can bring back (a real model's edit can be tens of MB)."""
+        referenced = {item.edit_id for doc in (*self._history, self.state.doc) for item in doc.stack}
+        for edit_id in [e for e in self.edits if e not in referenced]:
+            del self.edits[edit_id]
+
     def _reset_history(self) -> None:
         self._history = [self.state.doc.copy()]
         self._index = 0
         self._merge = None
+        self._prune_edits()
         self.state.can_undo = self.state.can_redo = False
         self.state.history_changed.emit()
 
@@ -476,9 +484,6 @@ class Controller(QObject):
             self.load_model(data.model.source, data.model.device, data.model.precision)
         return self._submit("open-session", _open_session_job(data), f"Opening {Path(path).name}")
 
-    def restore_autosave(self) -> int | None:
-        return self.open_session(sessions.autosave_path(self.data))
-
     # ------------------------------------------------------------------ export
     def export(self, request: Any) -> int | None:
         """Run engine.export.export with the current stack applied."""
@@ -644,7 +649,10 @@ class Controller(QObject):
 
     def _finished_export(self, _job_id: int, result: Any) -> None:
         where = getattr(result, "path", result)
-        self.state.set_error(ErrorInfo(f"Exported to {where}.", level="info"))
+        check = getattr(result, "check", "")
+        warnings = list(getattr(result, "warnings", []) or [])
+        self.state.set_error(ErrorInfo(f"Exported to {where}." + (f" {check}" if check else ""), "\n".join(warnings),
+                                       level="warning" if warnings else "info"))
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self, timeout: float = 10.0) -> bool:
@@ -781,6 +789,12 @@ def _measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: i
             eff, gen, spec, eff0, gen0 = summarize(evaluate(model, request, progress, cancel))
             curve = []
             for s in strengths:
+                if s == strength and snapshot[selected][2]:
+                    curve.append((s, eff, spec))  # the measurement just made
+                    continue
+                if s == 0.0 and len(snapshot) == 1:
+                    curve.append((s, eff0, 1.0))  # strength 0 restores the original weights exactly
+                    continue
                 swept = list(snapshot)
                 edit = swept[selected][0]
                 swept[selected] = (edit, s, True)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, QTimer, QUrl
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -79,7 +79,9 @@ class MainWindow(QMainWindow):
         self._refresh_all()
 
         data = self.controller.data
+        self._recovered: Path | None = None
         if sessions.previous_run_crashed(data):
+            self._recovered = sessions.stash_autosave(data)
             self.state.set_error(ErrorInfo("The studio did not close normally last time; your work was autosaved.",
                                            level="warning", action=RESTORE_ACTION))
         sessions.take_lock(data)
@@ -99,6 +101,7 @@ class MainWindow(QMainWindow):
         self.scroll.setWidget(self.grid)
         self.scroll.setWidgetResizable(True)
         self.scroll.setObjectName("gridScroll")
+        self.scroll.viewport().installEventFilter(self)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(8, 8, 8, 4)
@@ -110,19 +113,28 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.scroll, 1)
         self.setCentralWidget(central)
 
-    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea, name: str) -> QDockWidget:
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.scroll.viewport() and event.type() == QEvent.Type.Resize:
+            self.grid.set_fit_width(event.size().width())
+        return super().eventFilter(watched, event)
+
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea, name: str,
+              scroll: bool = True) -> QDockWidget:
         dock = QDockWidget(title, self)
         dock.setObjectName(name)
         holder = QWidget()
         layout = QVBoxLayout(holder)
         layout.setContentsMargins(8, 4, 8, 8)
         layout.addWidget(widget)
-        scroll = QScrollArea()
-        scroll.setWidget(holder)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        dock.setWidget(scroll)
+        if scroll:
+            area_widget = QScrollArea()
+            area_widget.setWidget(holder)
+            area_widget.setWidgetResizable(True)
+            area_widget.setFrameShape(QScrollArea.Shape.NoFrame)
+            area_widget.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            dock.setWidget(area_widget)
+        else:
+            dock.setWidget(holder)
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable |
                          QDockWidget.DockWidgetFeature.DockWidgetClosable |
                          QDockWidget.DockWidgetFeature.DockWidgetFloatable)
@@ -157,10 +169,12 @@ class MainWindow(QMainWindow):
 
         self.model_dock = self._dock("Model", self.model_panel, left, "modelDock")
         self.concept_dock = self._dock("Concepts", self.concept_editor, left, "conceptDock")
-        self.method_dock = self._dock("Method", self.method_panel, left, "methodDock")
+        self.method_dock = self._dock("Method", self.method_panel, left, "methodDock", scroll=False)
         self.history_dock = self._dock("Edit history", self.history, right, "historyDock")
         self.metrics_dock = self._dock("Metrics", metrics_box, right, "metricsDock")
-        self.resizeDocks([self.model_dock, self.history_dock], [390, 330], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.model_dock, self.history_dock], [380, 300], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.model_dock, self.concept_dock, self.method_dock], [150, 250, 480],
+                         Qt.Orientation.Vertical)
         self.resizeDocks([self.history_dock, self.metrics_dock], [250, 420], Qt.Orientation.Vertical)
 
     def _action(self, menu, text: str, slot, shortcut: Any = None, tip: str = "") -> QAction:
@@ -548,8 +562,8 @@ class MainWindow(QMainWindow):
 
     def _banner_action(self, action: str) -> None:
         self.state.set_error(None)
-        if action == RESTORE_ACTION:
-            self.controller.restore_autosave()
+        if action == RESTORE_ACTION and self._recovered is not None:
+            self.controller.open_session(self._recovered)
         elif action == CPU_ACTION and self.state.model is not None:
             self.model_panel.set_choice("cpu", "fp32")
             self._load_model(self.state.model.source, "cpu", "fp32")

@@ -111,6 +111,26 @@ def autosave_path(data: Path) -> Path:
     return data / "autosave" / ("autosave" + SUFFIX)
 
 
+def recovered_path(data: Path) -> Path:
+    return data / "autosave" / ("recovered" + SUFFIX)
+
+
+def stash_autosave(data: Path) -> Path:
+    """Move the crashed run's autosave aside, so this run's autosaves cannot overwrite it before it is restored."""
+    import shutil
+
+    source, target = autosave_path(data), recovered_path(data)
+    for old in (target, edits_dir(target)):
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.exists():
+            old.unlink()
+    if edits_dir(source).is_dir():
+        edits_dir(source).rename(edits_dir(target))
+    source.rename(target)
+    return target
+
+
 def previous_run_crashed(data: Path) -> bool:
     """True if a lock from a process that is no longer running is left, and an autosave exists."""
     lock = lock_path(data)

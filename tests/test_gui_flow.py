@@ -228,3 +228,35 @@ def test_window_appears_before_torch(studio_home):
     visible, torch_loaded, seconds = out.stdout.split()[-3:]
     print(f"window visible after {seconds}s")
     assert visible == "True" and torch_loaded == "False", out.stderr
+
+
+def test_autosave_offers_restore_after_a_killed_run(qtbot, studio_home):
+    from app.main_window import RESTORE_ACTION
+    from app.session import autosave_path, lock_path
+
+    first = open_window(qtbot)
+    first.concept_editor.add_concept("red", "color")
+    choose_method(first, "uce")
+    first.erase()
+    qtbot.waitUntil(lambda: len(first.state.doc.stack) == 1, timeout=WAIT_MS)
+    first.controller.autosave()
+    idle(qtbot, first)
+    assert autosave_path(studio_home).is_file()
+    first.close()
+    assert not lock_path(studio_home).exists()  # a clean exit leaves no lock
+
+    # a killed process leaves its lock behind, holding a pid that no longer runs
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    lock_path(studio_home).write_text(gone)
+    second = open_window(qtbot)
+    try:
+        assert second.banner.isVisible() and second.state.error.action == RESTORE_ACTION
+        assert second.state.doc.stack == []
+        second.banner.action_button.click()
+        qtbot.waitUntil(lambda: len(second.state.doc.stack) == 1, timeout=WAIT_MS)
+        idle(qtbot, second)
+        assert [c.text for c in second.state.doc.concepts] == ["red"]
+        assert second.state.doc.stack[0].method == "uce"
+    finally:
+        second.close()

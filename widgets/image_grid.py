@@ -35,6 +35,8 @@ class BeforeAfterGrid(QWidget):
         self.after_title = "after"
         self.placeholder = "Load a model to see previews"
         self.cell_size = 128
+        self.auto_fit = True  # size cells to the visible width until the user zooms
+        self.fit_width = 0
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
 
@@ -43,14 +45,33 @@ class BeforeAfterGrid(QWidget):
         self.prompts, self.seeds = list(prompts), list(seeds)
         self.before, self.after, self.intermediate = before, after, intermediate
         self.after_title = after_title
+        self._fit()
         self.updateGeometry()
         self.setMinimumSize(self.sizeHint())
         self.update()
 
     def set_cell_size(self, size: int) -> None:
-        self.cell_size = max(48, int(size))
+        self.auto_fit = False
+        self.cell_size = max(48, min(512, int(size)))
         self.setMinimumSize(self.sizeHint())
         self.update()
+
+    def set_fit_width(self, width: int) -> None:
+        """The width available (the scroll area's viewport); cells grow or shrink to use it."""
+        self.fit_width = int(width)
+        if self._fit():
+            self.setMinimumSize(self.sizeHint())
+            self.update()
+
+    def _fit(self) -> bool:
+        if not self.auto_fit or self.fit_width <= 0:
+            return False
+        cols = max(1, len(self.seeds))
+        available = self.fit_width - 2 * self.PAD - self.LABEL_W - (cols - 1) * self.PAIR_GAP - cols * self.GAP
+        size = max(64, min(192, available // (2 * cols)))
+        changed = size != self.cell_size
+        self.cell_size = size
+        return changed
 
     def pair_width(self) -> int:
         return 2 * self.cell_size + self.GAP

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -66,7 +67,7 @@ class MethodPanel(QWidget):
         self.form = ParamForm()
         self.params_section = QCollapsible("Parameters")
         self.params_section.addWidget(self.form)
-        self.params_section.expand(animate=False)
+        self.params_section.hide()
 
         self.strength = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.strength.setRange(0.0, STRENGTH_MAX)
@@ -92,15 +93,26 @@ class MethodPanel(QWidget):
         self.progress_label = QLabel("Idle")
         self.progress_label.setObjectName("muted")
 
+        # the settings scroll; strength, Erase/Cancel and progress stay in view below them
+        settings = QWidget()
         top = QFormLayout()
         top.addRow("Method", self.combo)
+        upper = QVBoxLayout(settings)
+        upper.setContentsMargins(0, 0, 6, 0)
+        upper.addLayout(top)
+        upper.addWidget(self.family)
+        upper.addWidget(self.description)
+        upper.addWidget(self.guidance_box)
+        upper.addWidget(self.params_section)
+        upper.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(settings)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(top)
-        layout.addWidget(self.family)
-        layout.addWidget(self.description)
-        layout.addWidget(self.guidance_box)
-        layout.addWidget(self.params_section)
+        layout.addWidget(scroll, 1)
         strength_row = QHBoxLayout()
         strength_row.addWidget(self.strength_label)
         strength_row.addWidget(self.strength, 1)
@@ -119,6 +131,7 @@ class MethodPanel(QWidget):
         self.erase_button.clicked.connect(self.erase_requested)
         self.cancel_button.clicked.connect(self.cancel_requested)
         self._specs: dict[str, Any] = {}
+        self._shown_once = False
 
     def set_methods(self, specs: dict[str, Any], current: str) -> None:
         self._updating = True
@@ -156,10 +169,13 @@ class MethodPanel(QWidget):
         self.guidance_form.build(guidance, values)
         self.guidance_box.setVisible(bool(guidance))
         self.form.build(others, values)
+        self.params_section.setText(f"Parameters ({len(others)})")
         self.params_section.setVisible(bool(others))
-        if self.params_section.isExpanded():  # QCollapsible sizes its content when it expands
+        # QCollapsible sizes its content when it expands, so re-expand after a rebuild; open the first time
+        if self.params_section.isExpanded() or not self._shown_once:
             self.params_section.collapse(animate=False)
             self.params_section.expand(animate=False)
+        self._shown_once = True
 
     def set_values(self, values: dict[str, Any]) -> None:
         self.form.set_values(values)
