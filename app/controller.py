@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QTimer
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from app import session as sessions
 from app.logging_setup import log
@@ -89,6 +89,9 @@ def changed_fields(old: Document, new: Document) -> set[str]:
 
 
 class Controller(QObject):
+    export_finished = Signal(object)  # engine.export.ExportResult
+    export_failed = Signal(str)  # one sentence (failure or cancel)
+
     def __init__(self, state: StudioState, settings: Settings, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.state = state
@@ -488,13 +491,14 @@ class Controller(QObject):
     def export(self, request: Any) -> int | None:
         """Run engine.export.export with the current stack applied."""
         snapshot = self._snapshot(self.state.doc.stack)
+        fields = request.as_dict() if hasattr(request, "as_dict") else dict(request.__dict__)
 
         def run(ctx: EngineContext, progress, cancel: CancelToken) -> Any:
-            from engine.export import export
+            from engine.export import ExportRequest, export
 
             _require_model(ctx)
             ctx.model.stack.restore(snapshot)
-            return export(ctx.model, request, progress, cancel)
+            return export(ctx.model, ExportRequest(**fields), progress, cancel)
 
         return self._submit("export", run, "Exporting")
 
@@ -565,6 +569,8 @@ class Controller(QObject):
         if kind == "engine":
             self.state.engine_message = "The engine could not start."
             self.state.engine_changed.emit()
+        if kind == "export":
+            self.export_failed.emit(failure.message)
         detail = "\n\n".join(x for x in (failure.detail, failure.traceback) if x)
         action = "Switch to CPU" if failure.out_of_memory and self.state.model and \
             self.state.model.device.startswith("cuda") else ""
@@ -575,6 +581,8 @@ class Controller(QObject):
         if kind == "load":
             self.state.model_loading = False
             self.state.model_changed.emit()
+        if kind == "export":
+            self.export_failed.emit("The export was cancelled; nothing was written.")
         if kind in ("erase", "evaluate", "export", "load"):
             self.state.set_error(ErrorInfo("The job was cancelled; nothing was changed.", level="info"))
 
@@ -653,6 +661,7 @@ class Controller(QObject):
         warnings = list(getattr(result, "warnings", []) or [])
         self.state.set_error(ErrorInfo(f"Exported to {where}." + (f" {check}" if check else ""), "\n".join(warnings),
                                        level="warning" if warnings else "info"))
+        self.export_finished.emit(result)
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self, timeout: float = 10.0) -> bool:

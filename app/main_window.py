@@ -534,14 +534,46 @@ class MainWindow(QMainWindow):
         if self.state.model is None or not self.state.doc.stack:
             self.state.set_error(ErrorInfo("Erase a concept first; there is nothing to export yet.", level="info"))
             return
-        try:
-            from widgets.export_dialog import ExportDialog
-        except ImportError:
-            self.state.set_error(ErrorInfo("Export is not available in this build.", level="info"))
-            return
-        dialog = ExportDialog(self)
-        dialog.export_requested.connect(self.controller.export)
-        dialog.exec()
+        from widgets.export_dialog import ExportContext, ExportDialog
+
+        doc, model = self.state.doc, self.state.model
+        active = [i for i in doc.stack if i.enabled and i.strength > 0]
+        source = Path(model.source)
+        context = ExportContext(
+            model_label="the built-in ShapesWorld model" if model.source == "builtin" else source.name,
+            edit_labels=[f"{i.label} ({i.strength:g})" for i in active if not i.inference_only],
+            inference_labels=[i.label for i in active if i.inference_only],
+            folder=(self.controller.session_path.parent if self.controller.session_path else
+                    source.parent if model.source != "builtin" else None))
+        dialog = ExportDialog(self, context)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        job: list[int | None] = [None]
+
+        def start(request: Any) -> None:
+            job[0] = self.controller.export(request)
+
+        def progress() -> None:
+            status = self.state.job
+            if status is not None and status.kind == "export":
+                dialog.show_progress(status.step / status.total if status.total else None, status.message)
+
+        def finished(result: Any) -> None:
+            dialog.show_result(result.path, result.bytes, result.check, result.details)
+
+        dialog.export_requested.connect(start)
+        dialog.cancel_requested.connect(lambda: job[0] is not None and self.controller.worker.cancel_job(job[0]))
+        connections = [(self.state.job_changed, progress), (self.controller.export_finished, finished),
+                       (self.controller.export_failed, dialog.show_failure)]
+        for signal, slot in connections:
+            signal.connect(slot)
+
+        def disconnect() -> None:
+            for signal, slot in connections:
+                signal.disconnect(slot)
+
+        dialog.finished.connect(disconnect)
+        self.export_dialog_widget = dialog
+        dialog.open()
 
     def about(self) -> None:
         QMessageBox.about(self, f"About {APP_NAME}",

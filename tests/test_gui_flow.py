@@ -260,3 +260,24 @@ def test_autosave_offers_restore_after_a_killed_run(qtbot, studio_home):
         assert second.state.doc.stack[0].method == "uce"
     finally:
         second.close()
+
+
+def test_export_from_the_file_menu(qtbot, window, tmp_path):
+    s = window.state
+    window.concept_editor.add_concept("red", "color")
+    choose_method(window, "uce")
+    window.erase()
+    qtbot.waitUntil(lambda: len(s.doc.stack) == 1, timeout=WAIT_MS)
+    idle(qtbot, window)
+    window.export_action.trigger()
+    dialog = window.export_dialog_widget
+    assert dialog.isVisible()
+    target = tmp_path / "red-erased-edit.safetensors"
+    dialog.set_format("edit")
+    dialog.set_target(target)
+    assert dialog.export_button.isEnabled()
+    dialog.export_button.click()
+    qtbot.waitUntil(lambda: target.is_file() and not window.controller.busy, timeout=WAIT_MS)
+    assert dialog.pages.currentIndex() == 2 and str(target) in dialog.result_title.text()
+    assert s.error is not None and s.error.message.startswith("Exported to")
+    dialog.close()
