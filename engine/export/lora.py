@@ -11,8 +11,9 @@ it from the file gives the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,10 +85,28 @@ def choose_rank(singular: torch.Tensor, rank: int | None, energy: float) -> int:
     return max(1, min(full, int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=torch.float64))) + 1))
 
 
+# Below this many elements an SVD runs on one thread: MKL's threaded SVD of a cross-attention-sized
+# matrix took 0.9 s instead of 5 ms on a busy 2-core machine (its threads wait on each other).
+SINGLE_THREAD_ELEMENTS = 1 << 20
+
+
+@contextlib.contextmanager
+def _threads_for(numel: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if numel < SINGLE_THREAD_ELEMENTS and previous > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
 def truncated_svd(delta: torch.Tensor, rank: int | None, energy: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 ``(U_r·√S_r, √S_r·Vh_r)`` of the delta flattened to [out, in·kh·kw]."""
     matrix = delta.to(torch.float32).reshape(delta.shape[0], -1)
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    with _threads_for(matrix.numel()):
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     r = choose_rank(s, rank, energy)
     root = s[:r].sqrt()
     return u[:, :r] * root, root[:, None] * vh[:r]
@@ -111,8 +130,9 @@ def store(param: str, delta: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
 
 def reconstruction_error(matrix: torch.Tensor, up: torch.Tensor, down: torch.Tensor, scale: float = 1.0) -> float:
     """‖D − scale·up·down‖_F, with the factors as stored (fp16 included), computed in float32."""
-    approx = up.to(torch.float32).reshape(up.shape[0], -1) @ down.to(torch.float32).reshape(down.shape[0], -1)
-    return float(torch.linalg.norm(matrix.to(torch.float32).reshape(matrix.shape[0], -1) - scale * approx))
+    with _threads_for(matrix.numel()):
+        approx = up.to(torch.float32).reshape(up.shape[0], -1) @ down.to(torch.float32).reshape(down.shape[0], -1)
+        return float(torch.linalg.norm(matrix.to(torch.float32).reshape(matrix.shape[0], -1) - scale * approx))
 
 
 def factor_all(deltas: dict[str, torch.Tensor], rank: int | None, energy: float, dtype: torch.dtype,
