@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
         from engine.probe import probe_recovery
 
         for concept, entry in data["erased"].items():
-            entry["probe_recovery"] = probe_recovery(model, concept, seeds=args.seeds, steps=args.steps,
-                                                     guidance=args.guidance)
+            result = probe_recovery(model, concept, entry["kind"], seeds=args.seeds, steps=args.steps,
+                                    guidance=args.guidance, progress=print_progress)
+            entry["probe_recovery"] = round(result.recovery_rate, 4)
+            entry["probe_per_prompt"] = result.per_prompt
     if args.json:
         json.dump(data, sys.stdout, indent=1)
         print()
