@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json-out", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--docs-path", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     options = BenchOptions(device=args.device, scale=args.scale, quick=args.quick, repeat=args.repeat,
                            only=args.only, concept_counts=args.concepts or CONCEPT_COUNTS,
                            quick_iterations=max(1, args.iterations), size=args.size, json_out=args.json_out,
-                           workdir=args.workdir)
+                           workdir=args.workdir, deadline_s=args.deadline)
     table_out = sys.stderr if args.json else sys.stdout
 
     def log(line: str) -> None:

@@ -46,7 +46,8 @@ FINE_TUNE = ("esd-x", "ca")
 CONCEPT_COUNTS = (1, 10, 100)
 STEPS = 20
 SD15_SIZE = 512
-EXPORTS = (("diffusers", "fp32"), ("single-file", "fp32"), ("single-file", "fp16"), ("lora", "fp32"),
+# single-file fp16 first: it has a target, and a GPU lease may end before the slower fp32 writes
+EXPORTS = (("single-file", "fp16"), ("single-file", "fp32"), ("diffusers", "fp32"), ("lora", "fp32"),
            ("edit", "fp32"))
 BENCH_PROMPT = {"builtin": "a red circle", "sd15": "a photo of a cat sitting on a wooden table"}
 
@@ -56,7 +57,8 @@ class BenchOptions:
     """What to measure. ``repeat`` None means 5 runs (3 with ``quick``) of cheap jobs; jobs over a
     minute run once. ``only`` limits the run to some of ``GROUPS``; ``size`` overrides the image
     size (smoke tests of the sd15 path on a CPU); ``json_out`` is rewritten after every measurement,
-    so a run that is killed still leaves what it measured."""
+    so a run that is killed still leaves what it measured. Past ``deadline_s`` no new job starts; the
+    rest are recorded as "skipped"."""
 
     device: str = "cpu"
     scale: str = "builtin"
@@ -68,6 +70,7 @@ class BenchOptions:
     size: int | None = None
     json_out: Path | None = None
     workdir: Path | None = None
+    deadline_s: float | None = None  # stop starting new measurements after this many seconds (GPU leases)
 
     def validate(self) -> None:
         if self.scale not in SCALES:
@@ -98,7 +101,7 @@ class Measurement:
     group: str
     title: str
     seconds: list[float] = field(default_factory=list)
-    status: str = "ok"  # ok | not available | failed | extrapolated
+    status: str = "ok"  # ok | not available | failed | extrapolated | skipped
     peak_memory_bytes: int | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -281,6 +284,14 @@ class Recorder:
 
     def __init__(self, report: BenchReport, options: BenchOptions, log: Callable[[str], None]) -> None:
         self.report, self.options, self.log = report, options, log
+        self.started = time.perf_counter()
+
+    def out_of_time(self) -> bool:
+        limit = self.options.deadline_s
+        return limit is not None and time.perf_counter() - self.started > limit
+
+    def skip(self, key: str, group: str, title: str) -> Measurement:
+        return self.add(Measurement(key, group, title, status="skipped", note="the run's time limit was reached"))
 
     def add(self, measurement: Measurement) -> Measurement:
         self.report.measurements.append(measurement)
@@ -299,11 +310,15 @@ class Recorder:
     def measure(self, key: str, group: str, title: str, job: Callable[[], Any], runs: int, warmup: bool = False,
                 note: str = "") -> Measurement:
         """Run ``job`` ``runs`` times (after one untimed warm-up run if asked); a failure is recorded, not raised."""
+        if self.out_of_time():
+            return self.skip(key, group, title)
         m = Measurement(key, group, title, note=note)
         try:
             if warmup:
                 job()
-            for _ in range(runs):
+            for i in range(runs):
+                if i and self.out_of_time():
+                    break
                 seconds, peak, _ = self.time_once(job)
                 m.seconds.append(seconds)
                 m.peak_memory_bytes = max(m.peak_memory_bytes or 0, peak or 0) or None
@@ -342,8 +357,9 @@ def build_sd15_folder(target: Path, device: str, dtype: Any) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from engine.model import CLIP_TOKENIZER, SKELETONS, _skeleton_tokenizer_kwargs
+    from engine.model import CLIP_TOKENIZER, SKELETONS, _quiet_libraries, _skeleton_tokenizer_kwargs
 
+    _quiet_libraries()
     skeleton = SKELETONS / "sd1"
     if (target / "model_index.json").is_file():
         return target
@@ -621,6 +637,9 @@ def _bench_generate(rec: Recorder, options: BenchOptions, model: Any, prompt: st
 
     from engine.generate import GenerationRequest, generate
 
+    if rec.out_of_time():
+        rec.skip("generate.studio", "generate", "studio generate")
+        return
     rec.log(f"Generation: 1 image, {STEPS} steps, CFG, studio vs plain diffusers")
     pipe = model.pipe
     guidance = 7.5 if options.scale == "sd15" else 5.0
@@ -645,7 +664,9 @@ def _bench_generate(rec: Recorder, options: BenchOptions, model: Any, prompt: st
     try:
         studio()
         diffusers_call()  # warm-up of both
-        for _ in range(options.repeat or max(options.runs, 5)):  # noisy: at least 5 pairs unless told
+        for i in range(options.repeat or max(options.runs, 5)):  # noisy: at least 5 pairs unless told
+            if i >= 2 and rec.out_of_time():
+                break
             for m, job in ((a, studio), (b, diffusers_call)):
                 seconds, peak, _ = rec.time_once(job)
                 m.seconds.append(seconds)
@@ -719,6 +740,10 @@ def _bench_fine_tune(rec: Recorder, options: BenchOptions, model: Any) -> None:
                 rec.add(Measurement(f"{method}.{suffix}", "fine-tune", f"{title} {suffix}", status="not available",
                                     note="not registered in engine.methods.all_methods()"))
             continue
+        if rec.out_of_time():
+            for suffix in ("iteration", "default"):
+                rec.skip(f"{method}.{suffix}", "fine-tune", f"{title} {suffix}")
+            continue
         spec = available[method]
         defaults = spec.resolve_params({})
         target = concept_list(model, 1)
@@ -781,7 +806,9 @@ def _bench_export(rec: Recorder, options: BenchOptions, model: Any, edit: Any, w
                     shutil.rmtree(remove) if remove.is_dir() else remove.unlink()
                 export(model, ExportRequest(format=fmt, out=out, dtype=dtype))
 
-            runs = min(options.runs, 2 if options.scale == "sd15" else 3)
+            # whole-model writes of an SD 1.5-sized model take tens of seconds each: fewer runs
+            big = options.scale == "sd15" and fmt in ("diffusers", "single-file")
+            runs = min(options.runs, (2 if dtype == "fp16" else 1) if big else 3)
             m = rec.measure(f"export.{fmt}.{dtype}", "export", title, job, runs,
                             note="engine.export.export, written, reloaded and checked")
             if out.exists():
