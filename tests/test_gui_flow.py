@@ -281,3 +281,20 @@ def test_export_from_the_file_menu(qtbot, window, tmp_path):
     assert dialog.pages.currentIndex() == 2 and str(target) in dialog.result_title.text()
     assert s.error is not None and s.error.message.startswith("Exported to")
     dialog.close()
+
+
+def test_closing_during_a_job_cancels_it(qtbot, studio_home):
+    window = open_window(qtbot)
+    s = window.state
+    window.concept_editor.add_concept("red", "color")
+    choose_method(window, "esd-x")
+    window.erase()
+    qtbot.waitUntil(lambda: s.job is not None and s.job.kind == "erase" and s.job.step >= 1, timeout=WAIT_MS)
+    thread = window.controller.worker._thread
+    started = time.perf_counter()
+    window.close()
+    print(f"closed during ESD in {time.perf_counter() - started:.2f}s")
+    assert not thread.is_alive()
+    from app.session import lock_path
+
+    assert not lock_path(studio_home).exists()
