@@ -97,8 +97,14 @@ class ExportError(StudioError):
 
 
 def out_of_memory_error(exc: BaseException, device: str) -> ResourceError:
-    """Translate a torch out-of-memory error into the user's next step."""
-    where = "GPU" if device.startswith("cuda") else "computer"
+    """Translate a torch out-of-memory error into the user's next step.
+
+    The error's own text decides GPU or computer when it names an accelerator: the caller's
+    ``device`` may be a default that does not know where the failing job ran.
+    """
+    text = f"{type(exc).__name__}: {exc}".lower()
+    on_gpu = any(word in text for word in ("cuda", "gpu", "hip", "mps")) or isinstance(exc, _accelerator_oom())
+    where = "GPU" if device.startswith("cuda") or (on_gpu and "cpuallocator" not in text) else "computer"
     return ResourceError(
         f"The {where} ran out of memory; try a smaller preview size or fewer images"
         + (", or switch the device to CPU." if where == "GPU" else ", or close other programs."),
@@ -106,9 +112,24 @@ def out_of_memory_error(exc: BaseException, device: str) -> ResourceError:
     )
 
 
+# How allocators word running out: CUDA/MPS say "out of memory"; torch's CPU allocator says
+# "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..." (or "not enough memory" on Windows).
+_OUT_OF_MEMORY_WORDS = ("out of memory", "outofmemory", "can't allocate memory", "cannot allocate memory",
+                        "not enough memory", "failed to allocate memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
-    return "out of memory" in text or "outofmemory" in text or isinstance(exc, MemoryError)
+    return any(word in text for word in _OUT_OF_MEMORY_WORDS) or isinstance(exc, MemoryError)
+
+
+def _accelerator_oom() -> tuple[type, ...]:
+    """torch.OutOfMemoryError (raised by CUDA and other accelerators) if torch is loaded; jobs.py must not import it."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    error = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return (error,) if isinstance(error, type) else ()
 
 
 @dataclass
