@@ -134,6 +134,7 @@ def load_model(source: str | Path = BUILTIN, device: str | None = None, dtype: A
         notes.append(note)
     for note in notes:
         log.info("%s: %s", path.name, note)
+    cancel.raise_if_cancelled()  # a cancel while the weights moved still wins: the caller gets no model
     progress(Progress("load", 3, 3, "Model loaded"))
     return LoadedModel(pipe=pipe, source=source_text, architecture=arch, device=device, dtype=dtype, notes=notes)
 
