@@ -147,10 +147,12 @@ class EditDelta:
             raise InputError(f"{path.name} is not an Erasure Studio edit (it has no manifest).", str(path))
         try:
             manifest = json.loads(metadata[MANIFEST_KEY])
-            if not isinstance(manifest, dict) or "method" not in manifest:
-                raise ValueError("manifest is not an object with a method")
-        except ValueError as exc:
+            check_manifest(manifest)
+        except (ValueError, TypeError) as exc:
             raise InputError(f"{path.name} has a damaged manifest.", repr(exc)) from exc
+        if int(manifest.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+            raise InputError(f"{path.name} was written by a newer version of Erasure Studio; update to apply it.",
+                             str(manifest.get("format_version")))
         for name, tensor in deltas.items():
             if not name.startswith(tuple(c + "." for c in COMPONENTS)):
                 raise InputError(f"{path.name} changes an unknown part of the model.", name)
@@ -158,6 +160,45 @@ class EditDelta:
                 raise InputError(f"{path.name} contains invalid numbers (NaN or infinity); it cannot be applied.",
                                  name)
         return cls({k: v.to(torch.float32) for k, v in deltas.items()}, manifest)
+
+
+def check_manifest(manifest: Any) -> None:
+    """Raise ValueError or TypeError unless ``manifest`` has the types every reader relies on.
+
+    An edit file comes from anywhere: a wrong type here (concepts as a string, say) would
+    otherwise surface later as a crash in a label, a history panel or the sampler.
+    """
+    if not isinstance(manifest, dict):
+        raise TypeError("the manifest is not a JSON object")
+    if not isinstance(manifest.get("method"), str) or not manifest["method"]:
+        raise ValueError("the manifest names no method")
+    for key in ("concepts", "params", "metrics", "inference"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise ValueError(f"manifest {key} is not an object")
+    for key in ("fingerprint", "created"):
+        if key in manifest and not isinstance(manifest[key], str):
+            raise ValueError(f"manifest {key} is not a string")
+    version = manifest.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise TypeError("manifest format_version is not a whole number")
+    targets = manifest.get("concepts", {}).get("targets", [])
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise ValueError("manifest concepts.targets is not a list of text")
+    inference = manifest.get("inference")
+    if inference is not None:
+        if not isinstance(inference.get("concept"), str) or not inference["concept"].strip():
+            raise ValueError("the inference entry names no concept")
+        for key, value in inference.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (isinstance(value, str) or (number and math.isfinite(value))):
+                raise ValueError(f"inference {key} is neither text nor a finite number")
+
+
+def check_finite(edit: EditDelta) -> None:
+    """Refuse deltas with NaN or infinity before any weight is written (a NaN would spread to every image)."""
+    for name, delta in edit.deltas.items():
+        if not bool(torch.isfinite(delta).all()):
+            raise InputError("This edit contains invalid numbers (NaN or infinity); it cannot be applied.", name)
 
 
 @dataclass
@@ -205,6 +246,7 @@ class EditStack:
     # -- changes
     def push(self, edit: EditDelta, strength: float = 1.0, enabled: bool = True) -> None:
         strength = check_strength(strength)
+        check_finite(edit)
         edit.check_fits(self.pipe, {n: self.original(n) for n in edit.deltas})
         self.entries.append(StackEntry(edit, strength, enabled))
         self._recompute(edit.deltas)
@@ -230,7 +272,13 @@ class EditStack:
     def restore(self, snapshot: list[tuple[EditDelta, float, bool]]) -> None:
         """Replace the whole stack (undo/redo, session load); recomputes every touched weight."""
         touched = set(self._originals)
-        self.entries = [StackEntry(e, check_strength(s), en) for e, s, en in snapshot]
+        entries = [StackEntry(e, check_strength(s), en) for e, s, en in snapshot]
+        for entry in entries:  # every weight must exist with the edit's shape before any is written
+            for name, delta in entry.edit.deltas.items():
+                if tuple(get_parameter(self.pipe, name).shape) != tuple(delta.shape):
+                    raise EditMismatchError("This edit was made for a different model (a weight has another "
+                                            "shape).", name)
+        self.entries = entries
         for entry in self.entries:
             touched |= set(entry.edit.deltas)
         self._recompute(dict.fromkeys(touched))
