@@ -7,6 +7,7 @@ images run after run and across devices. Weight edits are already in the weights
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from engine.jobs import Cancelled, CancelToken, InputError, ProgressCallback, Pr
 
 SCHEDULERS = ("ddim", "dpm++")
 MAX_SEED = 2**32 - 1
+MAX_GUIDANCE = 100.0  # far above any useful value (SD uses 5-12); beyond it images are only noise
 
 
 @dataclass
@@ -34,12 +36,15 @@ class GenerationRequest:
         for s in self.seeds:
             if not isinstance(s, int) or not 0 <= s <= MAX_SEED:
                 raise InputError(f"Seeds must be whole numbers from 0 to {MAX_SEED}.", repr(s))
-        if not 1 <= self.steps <= 1000:
-            raise InputError("Steps must be between 1 and 1000.", repr(self.steps))
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise InputError("Steps must be a whole number between 1 and 1000.", repr(self.steps))
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) \
+                or not math.isfinite(self.guidance) or not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise InputError(f"Guidance must be a number between 0 and {MAX_GUIDANCE:g}.", repr(self.guidance))
         if self.scheduler not in SCHEDULERS:
             raise InputError(f"Unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
         for size in (self.width, self.height):
-            if size is not None and (size < 8 or size % 8):
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8):
                 raise InputError("Width and height must be multiples of 8.", repr(size))
 
 
