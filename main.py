@@ -9,14 +9,27 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # Each subcommand lives in cli/<name>.py and provides register(subparsers).
 SUBCOMMANDS = ("generate", "erase", "export", "eval", "bench", "screenshot")
 
 
+class StudioArgumentParser(argparse.ArgumentParser):
+    """argparse with the studio's error style: one line on stderr, exit status 2.
+
+    argparse's own style prints the whole usage block first; a wrong value should read like every
+    other CLI error (``error: <one sentence>``), with a pointer to --help instead of the usage.
+    Subparsers inherit this class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message.rstrip('.')}; see '{self.prog} --help'.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StudioArgumentParser(prog="main.py", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
