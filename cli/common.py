@@ -54,20 +54,22 @@ def load_model_from_args(args: argparse.Namespace, progress=None):
     """Load --model and apply every --edit at its --strength."""
     import torch
 
-    from engine.edits import EditDelta
+    from engine.edits import EditDelta, check_strength
     from engine.model import load_model
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(args.dtype or "")
+    paths = getattr(args, "edit", []) or []
+    strengths = getattr(args, "strength", []) or []
+    if len(strengths) > len(paths):
+        raise StudioError("Give at most one --strength per --edit.")
+    strengths = [check_strength(s) for s in strengths] + [1.0] * (len(paths) - len(strengths))
+    edits = [EditDelta.load(path) for path in paths]  # a broken edit file should not cost a model load first
     model = load_model(args.model, device=args.device, dtype=dtype, architecture=getattr(args, "arch", None),
                        progress=progress or print_progress, config=getattr(args, "config", None))
     for note in model.notes:  # how a single file's architecture was decided
         print(f"note: {note}", file=sys.stderr)
-    edits = getattr(args, "edit", []) or []
-    strengths = getattr(args, "strength", []) or []
-    if len(strengths) > len(edits):
-        raise StudioError("Give at most one --strength per --edit.")
-    for i, path in enumerate(edits):
-        model.stack.push(EditDelta.load(path), strengths[i] if i < len(strengths) else 1.0)
+    for edit, strength in zip(edits, strengths):
+        model.stack.push(edit, strength)
     return model
 
 
@@ -75,7 +77,10 @@ _last_print = [0.0]
 
 
 def print_progress(p: Progress) -> None:
-    """Print at most a few lines per second, always the last step."""
+    """Print at most a few lines per second, always the last step; warnings always, as one line each."""
+    if p.stage == "warning":
+        print(f"warning: {p.message}", file=sys.stderr, flush=True)
+        return
     now = time.perf_counter()
     if p.step < p.total and now - _last_print[0] < 0.5:
         return
