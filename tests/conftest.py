@@ -62,6 +62,24 @@ def builtin_model():
         model.stack.clear()
 
 
+def weights_digest(model) -> str:
+    """SHA-256 over every tensor (parameters and buffers) of a model's UNet, VAE and text encoder, bit for bit.
+
+    ``model`` is a LoadedModel or a pipeline. Tests compare digests to prove a job left a model untouched.
+    """
+    import hashlib
+
+    import torch
+
+    pipe = getattr(model, "pipe", model)
+    digest = hashlib.sha256()
+    for component in ("unet", "vae", "text_encoder"):
+        for name, tensor in getattr(pipe, component).state_dict().items():
+            digest.update(f"{component}.{name}".encode())
+            digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def build_tiny_sd1_pipeline(seed: int = 0):
     """A random SD1-shaped pipeline small enough for CPU tests (about 1.5 M parameters).
 
