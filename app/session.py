@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.state import Document
+from app.state import CONCEPT_KINDS, Document
 from engine.jobs import InputError
 
 FORMAT = "erasure-studio-session"
@@ -58,13 +59,23 @@ def read_session(path: Path) -> SessionData:
         raise InputError(f"{path.name} is not a readable session file.", repr(exc)) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(f"{path.name} is not an Erasure Studio session.", str(path))
-    if int(data.get("version", 0)) > VERSION:
-        raise InputError(f"{path.name} was written by a newer version of the studio.", str(data.get("version")))
     try:
-        model = ModelRef(**{k: str(v) for k, v in (data.get("model") or {}).items()
-                            if k in ("source", "device", "precision")})
-        doc = Document.from_json(data.get("document") or {})
-    except (TypeError, ValueError, KeyError) as exc:
+        version = int(data.get("version", 0))
+    except (TypeError, ValueError):
+        raise InputError(f"{path.name} has damaged contents.", f"version {data.get('version')!r}") from None
+    if version > VERSION:
+        raise InputError(f"{path.name} was written by a newer version of the studio.", str(data.get("version")))
+    for section in ("model", "document"):
+        if not isinstance(data.get(section), dict):
+            raise InputError(f"{path.name} has no {section} section; it is not a complete session.", section)
+    try:
+        model = ModelRef(**{k: str(v) for k, v in data["model"].items() if k in ("source", "device", "precision")})
+        if not model.source.strip():
+            raise ValueError("the model source is empty")
+        check_document_json(data["document"])
+        doc = Document.from_json(data["document"])
+        check_document(doc)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise InputError(f"{path.name} has damaged contents.", repr(exc)) from exc
     folder = edits_dir(path)
     files = {item.edit_id: folder / f"{item.edit_id}.safetensors" for item in doc.stack}
@@ -73,6 +84,57 @@ def read_session(path: Path) -> SessionData:
         raise InputError(f"The session {path.name} is missing {len(missing)} edit file(s) from {folder.name}.",
                          ", ".join(missing))
     return SessionData(model, doc, path, files)
+
+
+_EDIT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # edit ids name files: no separators, no "..", no drive letters
+
+
+def check_document_json(raw: Any) -> None:
+    """The document's fields have the JSON types ``Document.from_json`` expects (a string is not a list)."""
+    for key in ("concepts", "preserve", "stack", "prompts", "seeds"):
+        if key in raw and not isinstance(raw[key], list):
+            raise TypeError(f"document {key} is not a list")
+    for key in ("params", "preview"):
+        if key in raw and raw[key] is not None and not isinstance(raw[key], dict):
+            raise TypeError(f"document {key} is not an object")
+    for item in [*raw.get("concepts", []), *raw.get("stack", [])]:
+        if not isinstance(item, dict):
+            raise TypeError("a concept or stack entry is not an object")
+
+
+def check_document(doc: Document) -> None:
+    """Values a hand-edited or damaged session could hold that would fail later, one job at a time.
+
+    Strengths are checked on the worker thread (``load_edits``), where the engine's own check is importable.
+    """
+    from engine.generate import MAX_GUIDANCE, MAX_SEED
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if any(not whole(s) or not 0 <= s <= MAX_SEED for s in doc.seeds):
+        raise ValueError(f"seeds must be whole numbers from 0 to {MAX_SEED}: {doc.seeds!r}")
+    p = doc.preview
+    if not whole(p.steps) or not 1 <= p.steps <= 1000:
+        raise ValueError(f"preview steps {p.steps!r}")
+    if isinstance(p.guidance, bool) or not isinstance(p.guidance, (int, float)) or \
+            not 0 <= p.guidance <= MAX_GUIDANCE:  # NaN fails the comparison too
+        raise ValueError(f"preview guidance {p.guidance!r}")
+    if not whole(p.size) or p.size < 0 or p.size % 8:
+        raise ValueError(f"preview size {p.size!r}")
+    if not whole(p.preview_every) or p.preview_every < 0:
+        raise ValueError(f"preview_every {p.preview_every!r}")
+    for item in doc.stack:
+        if not isinstance(item.edit_id, str) or not _EDIT_ID.match(item.edit_id):
+            raise ValueError(f"edit id {item.edit_id!r}")
+        if not isinstance(item.enabled, bool) or not isinstance(item.inference_only, bool):
+            raise TypeError(f"enabled/inference_only of {item.edit_id} are not true/false")
+        if isinstance(item.strength, bool) or not isinstance(item.strength, (int, float)):
+            raise TypeError(f"strength of {item.edit_id} is {item.strength!r}")
+    for concept in doc.concepts:
+        if concept.kind not in CONCEPT_KINDS:
+            raise ValueError(f"concept kind {concept.kind!r}")
+    doc.selected = min(max(doc.selected, -1), len(doc.stack) - 1)
 
 
 def write_session(path: Path, model: ModelRef, doc: Document, edits: dict[str, Any]) -> Path:
@@ -97,8 +159,10 @@ def write_session(path: Path, model: ModelRef, doc: Document, edits: dict[str, A
 
 def load_edits(session: SessionData) -> dict[str, Any]:
     """Load every EditDelta a session refers to. Worker thread."""
-    from engine.edits import EditDelta
+    from engine.edits import EditDelta, check_strength
 
+    for item in session.doc.stack:
+        check_strength(item.strength)  # before any edit is read: a bad value must not half-open the session
     return {edit_id: EditDelta.load(file) for edit_id, file in session.edit_files.items()}
 
 
