@@ -95,20 +95,46 @@ class Encoded:
         return max(self.lengths[i] - 2, 0)
 
 
+# Embeddings of recently encoded prompts. Preserve sets (the vocabulary in several templates) are the
+# same from one erase to the next, and encoding them dominates a closed-form edit, so they are kept.
+# Keyed by the text encoder's identity and the in-place version counters of its weights, so an edit that
+# changes the text encoder can never be served stale embeddings. Bounded by _CACHE_LIMIT_BYTES.
+_CACHE: dict[tuple, tuple[torch.Tensor, int]] = {}
+_CACHE_LIMIT_BYTES = 256 * 2**20
+
+
+def _encoder_key(pipe: Any) -> tuple:
+    encoder = pipe.text_encoder
+    return id(encoder), sum(p._version for p in encoder.parameters()), str(pipe.device)
+
+
 @torch.no_grad()
 def encode_prompts(pipe: Any, prompts: list[str], batch_size: int = 64) -> Encoded:
-    """Encode prompts exactly as the pipeline conditions the UNet (``pipe.encode_prompt``)."""
+    """Encode prompts exactly as the pipeline conditions the UNet (``pipe.encode_prompt``), float32."""
     tokenizer = pipe.tokenizer
     max_len = int(tokenizer.model_max_length)
-    chunks, lengths = [], []
-    for start in range(0, len(prompts), batch_size):
-        batch = list(prompts[start:start + batch_size])
+    key = _encoder_key(pipe)
+    missing = list(dict.fromkeys(p for p in prompts if (key, p) not in _CACHE))
+    for start in range(0, len(missing), batch_size):
+        batch = missing[start:start + batch_size]
         ids = tokenizer(batch, padding="max_length", max_length=max_len, truncation=True).input_ids
-        lengths += [_real_length(tokenizer, row) for row in ids]
-        embeds = pipe.encode_prompt(batch, pipe.device, 1, False)[0]
-        chunks.append(embeds.to(torch.float32))
-    embeds = torch.cat(chunks) if chunks else torch.zeros(0, max_len, int(pipe.text_encoder.config.hidden_size))
-    return Encoded(list(prompts), embeds, lengths)
+        embeds = pipe.encode_prompt(batch, pipe.device, 1, False)[0].to(torch.float32)
+        for prompt, row, emb in zip(batch, ids, embeds):
+            _CACHE[(key, prompt)] = (emb, _real_length(tokenizer, row))
+    if not prompts:
+        return Encoded([], torch.zeros(0, max_len, int(pipe.text_encoder.config.hidden_size)), [])
+    hits = [_CACHE[(key, p)] for p in prompts]
+    _trim_cache()
+    return Encoded(list(prompts), torch.stack([h[0] for h in hits]), [h[1] for h in hits])
+
+
+def _trim_cache() -> None:
+    size = sum(t.numel() * t.element_size() for t, _ in _CACHE.values())
+    for k in list(_CACHE):  # oldest first (dicts keep insertion order)
+        if size <= _CACHE_LIMIT_BYTES:
+            break
+        tensor, _ = _CACHE.pop(k)
+        size -= tensor.numel() * tensor.element_size()
 
 
 def _real_length(tokenizer: Any, ids: list[int]) -> int:
@@ -343,7 +369,13 @@ def build_preserve(model: Any, targets: list[str], explicit: list[str], use_voca
 def expand_preserve(model: Any, preserve: list[str], targets: list[str], concept_type: str = "object") -> list[str]:
     """Preserve concepts inside the same caption templates the targets are erased in, so that what is
     protected is the concept *in context* ("a orange circle"), not only the bare word. Expanded prompts that
-    mention a target (e.g. "a red circle" from the shape "circle" while erasing red) are dropped."""
+    mention a target (e.g. "a red circle" from the shape "circle" while erasing red) are dropped.
+
+    Only where the model's own caption templates are known (the built-in model): on a real model the
+    preserve list is typically hundreds of entries, and multiplying it by generic templates would cost
+    more than it protects, so real models preserve the bare concepts, as the reference does."""
+    if _world(model) is None:
+        return list(preserve)
     out: list[str] = []
     for concept in preserve:
         out += [p for p in concept_prompts(model, concept, concept_type) if not related_to(model, p, targets)]

@@ -15,13 +15,23 @@ of concepts. Per edited projection W (``attn2.to_v`` by default):
   threshold (the approximate null space);
 * **IEC** (invariant equality constraints): K₂ = [the BOS embedding, 3 k-means centres of the empty prompt's
   tokens] stays exactly invariant (λ = 0);
-* with M = (S_tt P + α I)^-1:  Δ = W (S_at − S_tt) P [I − M K₂ (K₂ᵀ P M K₂ + λ I)^-1 K₂ᵀ P] M.
+* with M = (P S_tt P + α I)^-1 P:  Δ = W (S_at − S_tt) P [I − M K₂ (K₂ᵀ P M K₂ + λ I)^-1 K₂ᵀ P] M
+  (derived in ``speed_factor`` for W acting on column vectors; the right-most P is what makes the
+  retained subspace untouchable).
 
-Defaults are the reference's: values only, aug_num 10, threshold 0.1, retain scale α 1.0, λ 0, last-subject
-tokens. Deliberate deviations: the eigenvalue threshold is relative to S_rr's mean eigenvalue (tr S_rr / d),
-which equals the reference's absolute 0.1 for SD1.x's CLIP (mean eigenvalue ≈ 1) and keeps its meaning for
-text encoders of another scale; the target is UCE's ``steer-away`` with sibling guides (see engine/uce.py;
-``target=replace`` + ``default_guide=empty`` is the reference), and targets are expanded into a few prompts.
+Defaults are the reference's where they carry over: values only, aug_num 10, threshold 0.1, λ 0,
+last-subject tokens, and α = 0.05 (the reference's multi-concept value; its few-concept α = 1 left the
+built-in model's edit too small to erase anything, see below). Deliberate deviations:
+
+* the eigenvalue threshold is relative to S_rr's mean eigenvalue (tr S_rr / d), which equals the
+  reference's absolute 0.1 for SD1.x's CLIP (mean eigenvalue ≈ 1; also ≈ 1 for the built-in model) and
+  keeps its meaning for text encoders of another scale;
+* ``retain_in_context`` (on): where the model's caption templates are known (the built-in model), retained
+  concepts are also retained inside them ("a green circle"), so the null space excludes the directions of
+  the siblings *in context*; with bare words only, the edit changed "a green circle" as much as
+  "a red circle". Real models retain the bare concepts, as the reference does;
+* the target is UCE's ``steer-away`` with sibling guides (see engine/uce.py; ``target=replace`` +
+  ``default_guide=empty`` is the reference), and targets are expanded into a few prompts.
 """
 
 from __future__ import annotations
@@ -44,12 +54,14 @@ PARAMS = (
     ParamSpec("threshold", "float", 0.1,
               "Eigenvalues of the retain statistics below this share of their mean count as null space; smaller "
               "protects retained concepts more strictly.", minimum=0.0, maximum=10.0),
-    ParamSpec("retain_scale", "float", 1.0, "α: regularises the update (larger = smaller, safer edit).",
+    ParamSpec("retain_scale", "float", 0.05, "α: regularises the update (larger = smaller, safer edit).",
               minimum=1e-6, maximum=100.0),
     ParamSpec("iec_lamb", "float", 0.0, "λ of the invariance constraints (0 keeps the empty prompt exactly "
               "unchanged).", minimum=0.0, maximum=100.0),
     ParamSpec("aug_num", "int", 10, "Perturbations added per influential retain embedding (DPA).",
               minimum=0, maximum=100),
+    ParamSpec("retain_in_context", "bool", True,
+              "Also retain each retained concept inside the model's caption templates (built-in model only)."),
     ParamSpec("use_ipf", "bool", True, "Keep only the retain embeddings the edit would disturb most (IPF)."),
     ParamSpec("use_dpa", "bool", True, "Augment the retain set with meaning-preserving perturbations (DPA)."),
     ParamSpec("use_iec", "bool", True, "Keep the empty prompt's tokens exactly invariant (IEC)."),
@@ -125,10 +137,18 @@ def null_projector(retain: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def speed_factor(s_tt: torch.Tensor, s_at: torch.Tensor, proj: torch.Tensor, k2: torch.Tensor | None,
                  alpha: float, lamb: float) -> torch.Tensor:
-    """F with Δ = W F: (S_at − S_tt) P [I − M K₂ (K₂ᵀ P M K₂ + λI)^-1 K₂ᵀ P] M, M = (S_tt P + αI)^-1."""
+    """F with Δ = W F, the null-space-constrained least-squares update (column-vector convention).
+
+    Minimising mean_t ‖(W + Δ̃P) c_t − W t‖² + α‖Δ̃P‖² subject to Δ̃P K₂ = 0 gives, with
+    M = (P S_tt P + α I)^-1 P (which commutes with P, so Δ c = 0 whenever P c = 0):
+
+        Δ = W (S_at − S_tt) P [I − M K₂ (K₂ᵀ P M K₂ + λ I)^-1 K₂ᵀ P] M.
+
+    This is the reference's formula with M written so that the right-most factor carries P: the update
+    cannot touch the retained concepts' subspace, and λ = 0 keeps K₂ exactly invariant."""
     d = s_tt.shape[0]
     eye = torch.eye(d, dtype=s_tt.dtype, device=s_tt.device)
-    m = torch.linalg.inv(s_tt @ proj + alpha * eye)
+    m = torch.linalg.inv(proj @ s_tt @ proj + alpha * eye) @ proj
     inner = eye
     if k2 is not None:
         mk = m @ k2
@@ -146,6 +166,12 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     uce_params = {p.name: p.default for p in uce_mod.PARAMS} | {k: params[k] for k in _SHARED} | {
         "tokens": params["tokens"]}
     plan = uce_mod.plan(model, request, uce_params)
+    # The retain set is the bare concepts (one last-subject token each), as in the reference: the null space
+    # of a template-expanded set would leave the update almost no room in a narrow text encoder.
+    plan.preserve = cf.build_preserve(model, plan.targets, list(request.preserve), params["preserve_vocabulary"],
+                                      params["vocabulary_sample"])
+    if params["retain_in_context"]:
+        plan.preserve = cf.expand_preserve(model, plan.preserve, plan.targets, params["concept_type"])
     pipe = model.pipe
     rows = cf.erase_rows(pipe, plan.erase_prompts, plan.erase_guides, params["tokens"])
     eta = params["away"] if params["target"] == "steer-away" else 0.0

@@ -16,7 +16,9 @@ Deliberate deviations from the reference, each an option that can be switched ba
   "Van Gogh" → "a painting" still looks like Van Gogh whenever that is the prior's favourite). The
   default instead uses ESD's negative-guidance idea in closed form: ``v* = W c_g − η (W c_e − W c_g)``,
   i.e. the guide pushed further away from the concept by η times the concept's own direction. η = 0
-  is exactly the reference's ``replace``.
+  is exactly the reference's ``replace``. The default η = 0.5 (ESD uses 1): in our measurements η = 1
+  dragged the concept's nearest sibling along (erasing red turned part of the orange shapes another
+  color), η = 0.5 did not, and both removed the concept.
 * **Guide = the concept's siblings when known.** On the built-in model, "red" is guided to the centroid
   of "green", "blue", ... (the same prompt about the other members of its group, from world.json),
   i.e. "some other color", which keeps the rest of the prompt (the shape) intact. Real models have no
@@ -93,8 +95,11 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
     guides: list[list[str]] = []
     for target, guide in zip(targets, explicit):
         parts = cf.split_guide(guide)
-        if parts is None:
-            parts = cf.default_guides(model, target) if params["default_guide"] == "siblings" else [""]
+        if parts is None and params["default_guide"] == "siblings":
+            # siblings that are erased in the same job are no place to send a concept
+            parts = [g for g in cf.default_guides(model, target) if not cf.related_to(model, g, targets)] or [""]
+        elif parts is None:
+            parts = [""]
         if any(p.lower() == target.lower() for p in parts):
             raise InputError(f"The guide for {target!r} is the concept itself; pick another guide.")
         guides.append(parts)
