@@ -1,0 +1,207 @@
+"""SLD: Safe Latent Diffusion (Schramowski et al.), guidance away from a concept at sampling time.
+
+No weights change. "Erasing" with SLD makes an inference-only ``EditDelta`` (no deltas, the
+concept and guidance settings in ``manifest["inference"]``); the edit stack keeps it as an
+entry and ``engine.generate.generate`` hands the enabled ones to ``generate_with_sld``.
+
+Each step evaluates the UNet on the unconditional prompt, the user's prompt p and each safety
+concept S, then (per element, as in the diffusers ``StableDiffusionPipelineSafe``):
+
+    scale    = clamp(|eps_p - eps_S| * s_S, max 1), zeroed where eps_p - eps_S >= lambda
+    gamma    = scale * (eps_S - eps_0) + s_m * nu
+    nu       = beta_m * nu + (1 - beta_m) * gamma
+    guidance = (eps_p - eps_0) - strength * gamma          (after the warm-up)
+    eps      = eps_0 + guidance_scale * guidance
+
+Choices made here:
+- The preset warm-up is counted at 50 sampling steps (the SLD default) and scaled to the
+  request's step count, so WEAK (15 of 50) still acts with 25 steps (8 of 25) instead of
+  silently doing nothing.
+- The stack entry's strength scales gamma: 0 switches the entry off, 1 is the preset, 2 doubles it.
+- Several entries each keep their own concept, settings and momentum and their terms add up,
+  at the cost of one more UNet evaluation per entry and step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.edits import EditDelta
+from engine.jobs import CancelToken, InputError, ProgressCallback, ProgressReporter
+from engine.methods import EraseRequest, MethodSpec, ParamSpec
+
+# warmup (counted at REFERENCE_STEPS), guidance scale s_S, threshold lambda, momentum scale s_m, momentum beta.
+PRESETS: dict[str, dict[str, float]] = {
+    "weak": {"warmup_steps": 15, "sld_guidance_scale": 20.0, "threshold": 0.0, "momentum_scale": 0.0,
+             "momentum_beta": 0.0},
+    "medium": {"warmup_steps": 10, "sld_guidance_scale": 1000.0, "threshold": 0.01, "momentum_scale": 0.3,
+               "momentum_beta": 0.4},
+    "strong": {"warmup_steps": 7, "sld_guidance_scale": 2000.0, "threshold": 0.025, "momentum_scale": 0.5,
+               "momentum_beta": 0.7},
+    "max": {"warmup_steps": 0, "sld_guidance_scale": 5000.0, "threshold": 1.0, "momentum_scale": 0.5,
+            "momentum_beta": 0.7},
+}
+REFERENCE_STEPS = 50
+DEFAULT_PRESET = "strong"
+
+
+@dataclass(frozen=True)
+class SldSettings:
+    """One safety concept with its guidance settings and the stack entry's strength."""
+
+    concept: str
+    warmup_steps: float  # counted at REFERENCE_STEPS sampling steps
+    sld_guidance_scale: float
+    threshold: float
+    momentum_scale: float
+    momentum_beta: float
+    strength: float = 1.0
+
+    @classmethod
+    def from_manifest(cls, inference: dict[str, Any], strength: float) -> SldSettings:
+        try:
+            return cls(concept=str(inference["concept"]), warmup_steps=float(inference["warmup_steps"]),
+                       sld_guidance_scale=float(inference["sld_guidance_scale"]),
+                       threshold=float(inference["threshold"]), momentum_scale=float(inference["momentum_scale"]),
+                       momentum_beta=float(inference["momentum_beta"]), strength=float(strength))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError("This safe-guidance edit has damaged settings; make it again.", repr(exc)) from exc
+
+    def warmup_for(self, steps: int) -> int:
+        """The warm-up in this run's steps: the 50-step preset value scaled to ``steps``."""
+        return int(self.warmup_steps * steps / REFERENCE_STEPS + 0.5)
+
+    @property
+    def active(self) -> bool:
+        # As in diffusers: safety guidance only acts with a scale above 1.
+        return self.strength > 0 and self.sld_guidance_scale > 1
+
+
+PARAMS = (
+    ParamSpec("preset", "choice", DEFAULT_PRESET,
+              "How hard sampling is steered away from the concept; the other settings override the preset's values.",
+              choices=tuple(PRESETS)),
+    ParamSpec("sld_guidance_scale", "float", -1.0,
+              "Safety guidance scale s_S (-1 keeps the preset's value); larger steers harder.", -1.0, 100000.0),
+    ParamSpec("warmup_steps", "float", -1.0,
+              "Steps without safety guidance, counted at 50 steps and scaled to the step count (-1: preset).",
+              -1.0, 1000.0),
+    ParamSpec("threshold", "float", -1.0,
+              "Only where the prompt's prediction is below the concept's plus this value is guided (-1: preset).",
+              -1.0, 10.0),
+    ParamSpec("momentum_scale", "float", -1.0,
+              "How much accumulated safety guidance is added each step (-1 keeps the preset's value).", -1.0, 10.0),
+    ParamSpec("momentum_beta", "float", -1.0,
+              "How slowly the safety momentum forgets earlier steps (-1 keeps the preset's value).", -1.0, 1.0),
+)
+
+
+def resolve_settings(params: dict[str, Any]) -> dict[str, float | str]:
+    """The preset's values with every non-negative override applied."""
+    values: dict[str, float | str] = {"preset": params["preset"], **PRESETS[params["preset"]]}
+    for key in ("sld_guidance_scale", "warmup_steps", "threshold", "momentum_scale", "momentum_beta"):
+        if params.get(key, -1.0) >= 0:
+            values[key] = float(params[key])
+    return values
+
+
+def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: CancelToken) -> EditDelta:
+    """Make the inference-only edit; no weights are read or changed, so this is instant."""
+    reporter = ProgressReporter(progress, "sld", 1, cancel)
+    reporter.start("Preparing safe guidance")
+    settings = resolve_settings(request.params)
+    concept = ", ".join(request.targets)
+    edit = EditDelta.create(model.pipe, {}, "sld", concepts={"targets": list(request.targets)},
+                            params=dict(request.params), inference={"concept": concept, **settings})
+    reporter.step("Safe guidance ready")
+    return edit
+
+
+METHOD = MethodSpec(
+    name="sld", title="SLD (safe guidance)", family="inference",
+    description="Steers sampling away from the concept at every step without changing any weights; "
+                "it works only inside this app and cannot be exported into a model file.",
+    params=PARAMS, run=run, exportable=False, uses_guide=False, uses_anchor=False, uses_preserve=False)
+
+
+def _settings_of(entries: list[Any]) -> list[SldSettings]:
+    settings = [SldSettings.from_manifest(e.edit.manifest["inference"], e.strength) for e in entries]
+    return [s for s in settings if s.active]
+
+
+@torch.no_grad()
+def _embed(pipe: Any, prompts: list[str]) -> torch.Tensor:
+    embeddings, _ = pipe.encode_prompt(prompts, pipe.device, 1, False)
+    return embeddings
+
+
+def generate_with_sld(pipe: Any, entries: list[Any], common: dict[str, Any], on_step: Any) -> list[Any]:
+    """Sample like ``pipe(**common)`` with safe latent guidance from the stack ``entries``.
+
+    ``common`` holds the pipeline call's arguments (prompt list, negative_prompt, num_inference_steps,
+    guidance_scale, height, width, seeded latents, output_type); ``on_step(pipe, i, t, {"latents": ...})``
+    is called after every step and may set ``pipe._interrupt`` to stop early, like the pipeline's
+    ``callback_on_step_end``. Without active entries or without classifier-free guidance this is the
+    plain pipeline call.
+    """
+    settings = _settings_of(entries)
+    guidance = float(common["guidance_scale"])
+    if not settings or guidance <= 1.0:
+        return pipe(**common, callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"]).images
+
+    prompts: list[str] = list(common["prompt"])
+    batch = len(prompts)
+    negative = common.get("negative_prompt") or [""] * batch
+    steps = int(common["num_inference_steps"])
+    unet, scheduler = pipe.unet, pipe.scheduler
+    dtype, device = unet.dtype, pipe.device
+
+    text = _embed(pipe, prompts)
+    uncond = _embed(pipe, list(negative))
+    concepts = _embed(pipe, [s.concept for s in settings])
+    # Rows: unconditional, prompt, then one block per safety concept.
+    embeddings = torch.cat([uncond, text, *[c.expand(batch, -1, -1) for c in concepts.split(1)]]).to(dtype)
+    blocks = 2 + len(settings)
+    warmups = [s.warmup_for(steps) for s in settings]
+    momenta: list[torch.Tensor | None] = [None] * len(settings)
+
+    scheduler.set_timesteps(steps, device=device)
+    latents = common["latents"].to(device, dtype) * scheduler.init_noise_sigma
+    extra = pipe.prepare_extra_step_kwargs(None, 0.0)
+    pipe._interrupt = False
+    for i, t in enumerate(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(torch.cat([latents] * blocks), t)
+        eps = unet(model_input, t, encoder_hidden_states=embeddings, return_dict=False)[0].float().chunk(blocks)
+        eps_uncond, eps_text = eps[0], eps[1]
+        noise_guidance = eps_text - eps_uncond
+        for k, s in enumerate(settings):
+            eps_concept = eps[2 + k]
+            diff = eps_text - eps_concept
+            scale = torch.clamp(diff.abs() * s.sld_guidance_scale, max=1.0)
+            scale = torch.where(diff >= s.threshold, torch.zeros_like(scale), scale)
+            safety = (eps_concept - eps_uncond) * scale
+            if momenta[k] is None:
+                momenta[k] = torch.zeros_like(safety)
+            safety = safety + s.momentum_scale * momenta[k]
+            momenta[k] = s.momentum_beta * momenta[k] + (1 - s.momentum_beta) * safety
+            if i >= warmups[k]:
+                noise_guidance = noise_guidance - s.strength * safety
+        noise = (eps_uncond + guidance * noise_guidance).to(dtype)
+        latents = scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+        returned = on_step(pipe, i, t, {"latents": latents})
+        if isinstance(returned, dict) and "latents" in returned:
+            latents = returned["latents"]
+        if pipe._interrupt:
+            break
+    return _decode(pipe, latents, common.get("output_type", "pil"))
+
+
+def _decode(pipe: Any, latents: torch.Tensor, output_type: str) -> list[Any]:
+    """Decode latents the way the pipeline does (same scaling, same post-processing)."""
+    if output_type == "latent":
+        return list(latents)
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * image.shape[0])
