@@ -8,11 +8,14 @@ module-level ``METHOD = MethodSpec(...)``. The GUI builds its parameter form fro
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.jobs import CancelToken, InputError, ProgressCallback, no_progress
+from engine.jobs import CancelToken, InputError, Progress, ProgressCallback, no_progress
+
+log = logging.getLogger(__name__)
 
 # Modules that define METHOD; the order is the order users see.
 METHOD_MODULES = ("uce", "rece", "speed", "esd", "concept_ablation", "sld")
@@ -125,11 +128,75 @@ def clean_concepts(concepts: list[str], what: str = "concept") -> list[str]:
     return cleaned
 
 
+def fit_to_tokenizer(tokenizer: Any, text: str) -> tuple[str, int]:
+    """``text`` cut after the last whole word that fits the text encoder, and its token count before cutting.
+
+    CLIP sees at most ``model_max_length`` tokens including the start and end tokens; everything
+    after that is silently dropped by the tokenizer. Cutting at a word boundary here makes the
+    drop visible (the manifest records what was really erased) and keeps a half word out.
+    CLIP's tokenizer never joins tokens across whitespace, so token counts add up word by word.
+    """
+    limit = int(tokenizer.model_max_length) - 2
+    words = text.split()
+    counts = [len(tokenizer(word, add_special_tokens=False).input_ids) for word in words]
+    total = sum(counts)
+    if total <= limit:
+        return text, total
+    kept, used = [], 0
+    for word, count in zip(words, counts):
+        if used + count > limit:
+            break
+        kept.append(word)
+        used += count
+    return " ".join(kept), total
+
+
+def truncate_long_concepts(model: Any, concepts: list[str]) -> tuple[list[str], list[str]]:
+    """Concepts cut to what the text encoder can see, plus one warning sentence per cut concept."""
+    tokenizer = getattr(getattr(model, "pipe", None), "tokenizer", None)
+    if tokenizer is None:
+        return concepts, []
+    fitted, warnings = [], []
+    limit = int(tokenizer.model_max_length) - 2
+    for concept in concepts:
+        cut, tokens = fit_to_tokenizer(tokenizer, concept)
+        if cut != concept:
+            if not cut:
+                raise InputError("The first word of a concept is already longer than the text encoder can read; "
+                                 "shorten it.", concept[:80])
+            shown = cut if len(cut) <= 60 else cut[:57] + "..."
+            warnings.append(f"A concept was {tokens} tokens long, more than the {limit} the text encoder reads; "
+                            f"only its start (“{shown}”) was erased.")
+        fitted.append(cut)
+    return fitted, warnings
+
+
+def check_seed(seed: Any) -> int:
+    from engine.generate import MAX_SEED
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"The seed must be a whole number from 0 to {MAX_SEED}.", repr(seed))
+    return seed
+
+
 def erase(model: Any, request: EraseRequest, progress: ProgressCallback = no_progress,
           cancel: CancelToken | None = None) -> Any:
     """Run a method and return its EditDelta. The model's weights are unchanged afterwards
-    (the caller pushes the edit on the model's stack)."""
+    (the caller pushes the edit on the model's stack).
+
+    Concepts longer than the text encoder can read are cut at a word boundary; each cut is
+    reported as a ``Progress`` with stage "warning" and kept in ``manifest["warnings"]``.
+    """
     spec = get_method(request.method)
     request.targets = clean_concepts(request.targets)
+    request.seed = check_seed(request.seed)
     request.params = spec.resolve_params(request.params)
-    return spec.run(model, request, progress, cancel or CancelToken())
+    request.targets, warnings = truncate_long_concepts(model, request.targets)
+    clean_concepts(request.targets)  # two long concepts may be equal once cut
+    for warning in warnings:
+        log.warning("%s", warning)
+        progress(Progress("warning", 0, 0, warning))
+    edit = spec.run(model, request, progress, cancel or CancelToken())
+    if warnings and hasattr(edit, "manifest"):
+        edit.manifest.setdefault("warnings", []).extend(warnings)
+    return edit
