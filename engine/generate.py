@@ -34,7 +34,7 @@ class GenerationRequest:
         if not self.seeds:
             raise InputError("Give at least one seed.")
         for s in self.seeds:
-            if not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
                 raise InputError(f"Seeds must be whole numbers from 0 to {MAX_SEED}.", repr(s))
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise InputError("Steps must be a whole number between 1 and 1000.", repr(self.steps))
