@@ -11,6 +11,9 @@ from engine.jobs import Cancelled, Progress, StudioError, is_out_of_memory, out_
 EXIT_USER_ERROR = 2
 
 
+MAX_SEEDS = 10_000  # more images than any run needs; "0-4294967295" must not try to build 4 billion seeds
+
+
 def seed_list(text: str) -> list[int]:
     """Parse "0-7", "3", "1,5,9" or "0-3,8" into a list of seeds."""
     from engine.generate import MAX_SEED
@@ -19,15 +22,19 @@ def seed_list(text: str) -> list[int]:
     try:
         for part in text.split(","):
             part = part.strip()
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                seeds.extend(range(lo, hi + 1))
-            else:
-                seeds.append(int(part))
+            lo, _, hi = part.partition("-") if "-" in part else (part, "", part)
+            lo_seed, hi_seed = int(lo), int(hi)
+            if not (0 <= lo_seed <= MAX_SEED and 0 <= hi_seed <= MAX_SEED):
+                raise argparse.ArgumentTypeError(f"seeds must be from 0 to {MAX_SEED}")
+            if hi_seed < lo_seed:
+                raise argparse.ArgumentTypeError(f"the seed range {part!r} runs backwards; write it low-high")
+            if len(seeds) + hi_seed - lo_seed + 1 > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(f"give at most {MAX_SEEDS} seeds")
+            seeds.extend(range(lo_seed, hi_seed + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed list like 0-7 or 1,5,9") from None
-    if not seeds or any(not 0 <= s <= MAX_SEED for s in seeds):
-        raise argparse.ArgumentTypeError(f"seeds must be from 0 to {MAX_SEED}")
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed list like 0-7 or 1,5,9")
     return seeds
 
 
