@@ -625,6 +625,9 @@ class Controller(QObject):
         doc.stack.append(StackItem(edit_id, edit.label, edit.method, 1.0, True, bool(edit.is_inference_only)))
         doc.selected = len(doc.stack) - 1
         self._commit(doc, "erase")
+        warnings = list(edit.manifest.get("warnings") or [])  # e.g. a concept cut to the text encoder's length
+        if warnings:
+            self.state.set_error(ErrorInfo(warnings[0], "\n".join(warnings[1:]), level="warning"))
 
     def _finished_preview(self, job_id: int, _result: Any) -> None:
         self._plans.pop(job_id, None)
