@@ -692,13 +692,22 @@ def _bench_refresh(rec: Recorder, options: BenchOptions, model: Any, edit: Any, 
     model.stack.push(edit, 1.0)
     strengths = iter([0.5, 1.0] * 50)
 
+    weights_s: list[float] = []
+
     def refresh() -> None:
+        start = time.perf_counter()
         model.stack.set_strength(0, next(strengths))
+        _sync(options.device)
+        weights_s.append(time.perf_counter() - start)
         generate(model, GenerationRequest(prompt, seeds=[0, 1, 2, 3], steps=STEPS, width=size, height=size))
 
     try:
-        rec.measure("refresh", "refresh", f"refresh: set_strength + 4 images, {STEPS} steps", refresh,
-                    options.runs, warmup=True, note="edit on every cross-attention key/value projection")
+        m = rec.measure("refresh", "refresh", f"refresh: set_strength + 4 images, {STEPS} steps", refresh,
+                        options.runs, warmup=True, note="edit on every cross-attention key/value projection")
+        if weights_s:
+            m.extra["set_strength_s"] = round(statistics.median(weights_s), 5)
+            m.note += f"; set_strength alone {m.extra['set_strength_s'] * 1000:.1f} ms"
+            rec.save()
     finally:
         model.stack.clear()
 
