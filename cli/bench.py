@@ -27,6 +27,23 @@ def _counts(text: str) -> tuple[int, ...]:
     return counts
 
 
+def _warn_if_busy(device: str) -> None:
+    """A busy CPU inflates every timing; with OpenMP's default spin-waiting, by far more than the load suggests."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    if load > cores and not str(device).startswith("cuda"):
+        policy = os.environ.get("OMP_WAIT_POLICY", "")
+        print(f"note: this machine is busy (load {load:.1f} on {cores} cores); CPU timings will be inflated"
+              + ("" if policy.upper() == "PASSIVE" else
+                 ", possibly many times over while torch's threads spin-wait (OMP_WAIT_POLICY=PASSIVE avoids that)")
+              + ".", file=sys.stderr)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="measure load, generation, refresh, erasure and export times against the targets",
@@ -75,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                            quick_iterations=max(1, args.iterations), size=args.size, json_out=args.json_out,
                            workdir=args.workdir, deadline_s=args.deadline)
     table_out = sys.stderr if args.json else sys.stdout
+    _warn_if_busy(args.device)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
