@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from engine.jobs import EditMismatchError, InputError
 
 COMPONENTS = ("unet", "text_encoder")
+STACK_ATTRIBUTE = "_erasure_studio_stack"  # on a pipeline: a weak reference to the EditStack that owns its weights
 MANIFEST_KEY = "erasure_studio_manifest"
 FORMAT_VERSION = 1
 
@@ -46,10 +48,19 @@ def get_parameter(pipe: Any, name: str) -> torch.nn.Parameter:
 
 
 def fingerprint(pipe: Any, names: list[str] | tuple[str, ...]) -> str:
-    """SHA-256 over the named original tensors (name, shape and float32 bytes), sorted by name."""
+    """SHA-256 over the named original tensors (name, shape and float32 bytes), sorted by name.
+
+    Original means the base model's: when ``pipe`` has an ``EditStack``, its stored copies of the
+    untouched weights, not the weights as the stack's edits left them. An edit made while other
+    edits are applied (UCE on top of UCE, ESD trained from an edited model) must carry the base
+    model's fingerprint, because that is what ``check_fits`` compares it with when it is pushed.
+    """
+    ref = getattr(pipe, STACK_ATTRIBUTE, None)
+    stack = ref() if ref is not None else None
     digest = hashlib.sha256()
     for name in sorted(names):
-        tensor = get_parameter(pipe, name).detach().to("cpu", torch.float32).contiguous()
+        original = stack.original(name) if stack is not None else get_parameter(pipe, name).detach()
+        tensor = original.detach().to("cpu", torch.float32).contiguous()
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.numpy().tobytes())
@@ -226,6 +237,7 @@ class EditStack:
         self.pipe = pipe
         self.entries: list[StackEntry] = []
         self._originals: dict[str, torch.Tensor] = {}
+        setattr(pipe, STACK_ATTRIBUTE, weakref.ref(self))  # lets fingerprint() find the base weights
 
     # -- queries
     def __len__(self) -> int:
