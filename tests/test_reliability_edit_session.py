@@ -55,12 +55,11 @@ def edit_files(tmp_path_factory: pytest.TempPathFactory, builtin_model, tiny_sd1
     deltas = good.deltas
     nan = {**deltas, V: deltas[V].clone().index_fill_(0, torch.tensor([3]), float("nan"))}
     inf = {**deltas, K: deltas[K].clone().index_fill_(1, torch.tensor([0]), float("inf"))}
-    # made on a model that was already edited: same shapes, other base weights
-    builtin_model.stack.push(small_edit(builtin_model.pipe, (K,), scale=0.5))
-    try:
-        other_base = small_edit(builtin_model.pipe)
-    finally:
-        builtin_model.stack.clear()
+    # made for a fine-tuned variant of the built-in model: same layout and shapes, other base weights
+    variant = load_model("builtin", device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        variant.pipe.unet.get_parameter(K[5:]).add_(0.5)
+    other_base = small_edit(variant.pipe)
     tiny = load_model(tiny_sd1_dir, device="cpu")
     tiny_edit = small_edit(tiny.pipe, ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",))
     tiny_other = small_edit(tiny.pipe, ("unet.down_blocks.2.attentions.1.transformer_blocks.0.attn2.to_k.weight",))
@@ -116,6 +115,29 @@ def test_each_hostile_edit_is_refused_in_one_sentence_with_nothing_applied(built
                 assert isinstance(info.value, InputError), name
             assert [(e.edit, e.strength) for e in stack.entries] == [(applied, 0.7)], name
             assert weights_digest(builtin_model) == digest, name
+    finally:
+        stack.clear()
+
+
+def test_an_edit_made_on_top_of_another_fits_the_base_model(builtin_model, tmp_path: Path) -> None:
+    """Edits made while others are applied carry the base model's fingerprint, so stacks reopen from files."""
+    from engine.methods import EraseRequest, erase
+
+    stack = builtin_model.stack
+    first = erase(builtin_model, EraseRequest("uce", ["red"], params={"vocabulary_sample": 20}))
+    stack.push(first)
+    try:
+        second = erase(builtin_model, EraseRequest("uce", ["star"], params={"vocabulary_sample": 20}))
+        third = erase(builtin_model, EraseRequest("esd-x-strict", ["blue"], params={"iterations": 2, "ddim_steps": 3}))
+        stack.push(second, 0.5)
+        stack.push(third)
+        applied = weights_digest(builtin_model)
+        for i, edit in enumerate((first, second, third)):
+            edit.save(tmp_path / f"{i}.safetensors")
+        stack.clear()
+        for i, strength in enumerate((1.0, 0.5, 1.0)):
+            stack.push(EditDelta.load(tmp_path / f"{i}.safetensors"), strength)
+        assert weights_digest(builtin_model) == applied
     finally:
         stack.clear()
 
