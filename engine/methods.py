@@ -164,7 +164,7 @@ def truncate_long_concepts(model: Any, concepts: list[str]) -> tuple[list[str], 
             if not cut:
                 raise InputError("The first word of a concept is already longer than the text encoder can read; "
                                  "shorten it.", concept[:80])
-            shown = cut if len(cut) <= 60 else cut[:57] + "..."
+            shown = cut if len(cut) <= 60 else cut[:60].rsplit(" ", 1)[0] + " …"
             warnings.append(f"A concept was {tokens} tokens long, more than the {limit} the text encoder reads; "
                             f"only its start (“{shown}”) was erased.")
         fitted.append(cut)
