@@ -114,16 +114,16 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     preserve = cf.preserve_rows(pipe, plan.preserve, "all") if plan.preserve else None
     eta = params["away"] if params["target"] == "steer-away" else 0.0
     max_len = enc_e.embeds.shape[1]
-    # The original erase rows stay in every step (with their UCE targets), so a step that adds the
-    # adversarial embeddings cannot loosen the erasure of the concept itself.
+    # The original erase rows stay in every step with their *current* (already erased) values as the
+    # target, so a step that adds the adversarial embeddings cannot loosen the erasure of the concept
+    # itself. (Re-deriving their steer-away target from the current weights would pull them back.)
     base_rows = cf.erase_rows(pipe, plan.erase_prompts, plan.erase_guides, params["tokens"])
-    base_target = (1.0 + eta) * base_rows.guide - eta * base_rows.erase
     for epoch in range(epochs):
         cancel.raise_if_cancelled()
         adv_map = adversarial_factor(gram, right, reg)  # c′ = adv_map c
         adv = torch.einsum("ij,nlj->nli", adv_map.to(torch.float32), enc_e.embeds)
         step = cf.Statistics(adv.shape[-1], device=adv.device)
-        step.add_erase(base_rows.erase, base_target)
+        step.add_erase(base_rows.erase, base_rows.erase)
         for i, gs in enumerate(plan.erase_guides):
             spans = [cf.aligned_spans(enc_e.lengths[i], enc_g.lengths[gindex[g]], max_len, params["tokens"])
                      for g in gs]
