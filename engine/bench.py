@@ -528,8 +528,6 @@ def _target_value(report: BenchReport, key: str) -> tuple[float | None, str, boo
 # ---------------------------------------------------------------- the run
 def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Measure everything ``options`` asks for; see the module doc."""
-    import torch
-
     from engine.model import resolve_device
 
     options.validate()
@@ -549,7 +547,6 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda _: None
     report.total_s = time.perf_counter() - started
     report.targets = evaluate_targets(report, options)
     rec.save()
-    del torch
     return report
 
 
@@ -669,7 +666,8 @@ def _bench_generate(rec: Recorder, options: BenchOptions, model: Any, prompt: st
         for i in range(options.repeat or max(options.runs, 5)):  # noisy: at least 5 pairs unless told
             if i >= 2 and rec.out_of_time():
                 break
-            for m, job in ((a, studio), (b, diffusers_call)):
+            pair = ((a, studio), (b, diffusers_call))
+            for m, job in pair if i % 2 == 0 else pair[::-1]:  # alternate who goes first: no order bias
                 seconds, peak, _ = rec.time_once(job)
                 m.seconds.append(seconds)
                 m.peak_memory_bytes = max(m.peak_memory_bytes or 0, peak or 0) or None
@@ -874,7 +872,8 @@ def describe_run(report: BenchReport) -> str:
     return (f"Date {report.date}; device {o['device']}, scale {o['scale']}"
             f"{', quick' if o.get('quick') else ''}; CPU {h['cpu']} ({h['cores']} cores, torch uses "
             f"{h['torch_threads']} threads); GPU {gpu}; Python {v['python']}, torch {v['torch']}, diffusers "
-            f"{v['diffusers']}, transformers {v['transformers']}; load average at start {load.get('start')}, at "
+            f"{v['diffusers']}, transformers {v['transformers']}"
+            f"{'; OMP_WAIT_POLICY=' + h['omp_wait_policy'] if h.get('omp_wait_policy') else ''}; load average at start {load.get('start')}, at "
             f"end {load.get('end')}; whole run {report.total_s:.0f} s.")
 
 
@@ -909,7 +908,9 @@ def write_docs(report: BenchReport, path: Path = DOC_PATH) -> Path:
     text = path.read_text(encoding="utf-8") if path.is_file() else _DOC_SKELETON
     section = doc_section(report)
     start, end = f"<!-- bench:{section}:start -->", f"<!-- bench:{section}:end -->"
-    body = (f"{describe_run(report)}\n\nCommand: `python main.py bench --device {report.options['device']} "
+    policy = report.hardware.get("omp_wait_policy")
+    env = f"OMP_WAIT_POLICY={policy} " if policy else ""
+    body = (f"{describe_run(report)}\n\nCommand: `{env}python main.py bench --device {report.options['device']} "
             f"--scale {report.options['scale']}{' --quick' if report.options.get('quick') else ''}`\n\n"
             f"{format_table(report)}\n")
     block = f"{start}\n{body}{end}"
