@@ -794,8 +794,8 @@ def _bench_fine_tune(rec: Recorder, options: BenchOptions, model: Any) -> None:
             f"{method}.default", "fine-tune", f"{title} {defaults['iterations']} iterations (default), EXTRAPOLATED",
             seconds=[estimate], status="extrapolated", peak_memory_bytes=peak,
             note=(f"extrapolated from {params['iterations']} iterations: {per_iter or 0:.3f} s/iteration, "
-                  f"{per_work * 1000:.1f} ms per trajectory-step x {work_default} for the default sampling, "
-                  f"{overhead:.1f} s other"),
+                  f"{per_work * 1000:.1f} ms per trajectory-step x {work_default} for the default sampling"
+                  + (f", {overhead:.1f} s other" if overhead >= 0.1 else "")),
             extra={"measured_run_s": round(seconds, 3), "measured_iterations": params["iterations"]}))
 
 
