@@ -83,6 +83,7 @@ def generate(model: Any, request: GenerationRequest, progress: ProgressCallback 
     reporter.start(f"Generating {len(request.seeds)} image(s)")
     pipe.scheduler = make_scheduler(pipe, request.scheduler)
     sld = model.stack.inference_entries() if model.stack is not None else []
+    predicted = _record_predicted_x0(pipe.scheduler) if request.preview_every else {}
 
     def on_step(p: Any, index: int, timestep: Any, kwargs: dict) -> dict:
         if cancel.cancelled:
@@ -90,7 +91,13 @@ def generate(model: Any, request: GenerationRequest, progress: ProgressCallback 
             raise Cancelled("Generation was cancelled.")
         preview = None
         if request.preview_every and (index + 1) % request.preview_every == 0 and index + 1 < request.steps:
-            preview = latent_preview(kwargs["latents"])
+            # The scheduler's x0 estimate reads like a blurry final image; x_t itself is mostly noise.
+            x0 = predicted.get("x0", kwargs["latents"])
+            if x0.shape[-1] * x0.shape[-2] <= 32 * 32:  # decoding small latents costs milliseconds: show the truth
+                preview = p.image_processor.postprocess(p.vae.decode(x0 / p.vae.config.scaling_factor).sample,
+                                                        output_type="pil")
+            else:
+                preview = latent_preview(x0)
         reporter.step(f"step {index + 1}/{request.steps}", preview)
         return kwargs
 
@@ -111,14 +118,34 @@ def generate(model: Any, request: GenerationRequest, progress: ProgressCallback 
     return images
 
 
-def latent_preview(latents: Any) -> list[Any]:
-    """Cheap RGB previews straight from the latents (one PIL image per sample)."""
+def _record_predicted_x0(scheduler: Any) -> dict:
+    """Wrap ``scheduler.step`` so each step's predicted clean latents (DDIM returns them) are kept for previews."""
+    record: dict = {}
+    original_step = scheduler.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        out = original_step(*args, **kwargs)
+        x0 = out[1] if isinstance(out, tuple) and len(out) > 1 else getattr(out, "pred_original_sample", None)
+        if x0 is not None:
+            record["x0"] = x0
+        return out
+
+    scheduler.step = step
+    return record
+
+
+SD_LATENT_RGB = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),
+                 (-0.2120, -0.2616, -0.7177))  # ComfyUI's SD 1.5 factors
+
+
+def latent_preview(latents: Any, factors: Any = SD_LATENT_RGB, bias: Any = (0.0, 0.0, 0.0)) -> list[Any]:
+    """Cheap RGB previews straight from the latents (one PIL image per sample, at latent resolution)."""
     import numpy as np
     import torch
     from PIL import Image
 
-    factors = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
-                            [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]], dtype=torch.float32)
-    rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), factors).clamp(-1, 1)
+    weights = torch.tensor(factors, dtype=torch.float32)
+    rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), weights)
+    rgb = (rgb + torch.tensor(bias, dtype=torch.float32)).clamp(-1, 1)
     arrays = ((rgb + 1) * 127.5).round().to(torch.uint8).numpy()
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
