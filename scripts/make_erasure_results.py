@@ -198,6 +198,15 @@ def main() -> None:
         results.append(run_row(model, row, seeds, args.others))
         print(json.dumps(results[-1]["erased"]), results[-1]["specificity"], flush=True)
     dial = [] if args.no_dial else strength_dial(model, seeds)
+    # Rows not re-run this time keep their last measured figures (one file for all methods).
+    previous = DOCS / "erasure-results.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        fresh = {r["row"] for r in results}
+        results += [r for r in old.get("rows", []) if r["row"] not in fresh]
+        dial = dial or old.get("dial", [])
+    order = [row.key for row in ROWS]
+    results.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
     write_markdown(results, dial, args.seeds, args.others)
     print(f"wrote {DOCS / 'erasure-results.md'}")
 
