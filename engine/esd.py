@@ -56,7 +56,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
 
 # lr 5e-5 is the authors' SD1.4 default; the built-in ShapesWorld UNet (3.4 M parameters, trained from
 # scratch) needs a larger step to move in 200 iterations, so the defaults are sized for it per variant.
-DEFAULT_LR = {"esd-x": 1e-3, "esd-x-strict": 1e-3, "esd-u": 1e-4}
+DEFAULT_LR = {"esd-x": 3e-4, "esd-x-strict": 1e-3, "esd-u": 1e-4}
 
 
 def _params(variant: str) -> tuple[ParamSpec, ...]:
@@ -77,6 +77,9 @@ def _params(variant: str) -> tuple[ParamSpec, ...]:
                   "How many independent sampling runs supply the training latents (each used at several steps).",
                   1, 10000),
         ParamSpec("batch_size", "int", 1, "Training latents per iteration; the authors used 1.", 1, 64),
+        ParamSpec("preserve_weight", "float", 1.0,
+                  "Weight of the loss that keeps the empty prompt and the preserve prompts predicting as before (0: off).",
+                  0.0, 100.0),
     )
 
 
@@ -92,11 +95,12 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
         variant: str = "esd-x") -> EditDelta:
     """Train the variant's parameters on copies and return W_trained - W_now as an EditDelta."""
     params = request.params
-    return run_guarded(partial(_train, model, request.targets, params, variant, request.seed, progress, cancel),
-                       model.device)
+    preserve = [" ".join(p.split()) for p in request.preserve if p.strip()]
+    return run_guarded(partial(_train, model, request.targets, preserve, params, variant, request.seed, progress,
+                               cancel), model.device)
 
 
-def _train(model: Any, targets: list[str], params: dict[str, Any], variant: str, seed: int,
+def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str, Any], variant: str, seed: int,
            progress: ProgressCallback, cancel: CancelToken) -> EditDelta:
     pipe = model.pipe
     unet = pipe.unet
@@ -128,10 +132,27 @@ def _train(model: Any, targets: list[str], params: dict[str, Any], variant: str,
     trainable = make_trainable(unet, trainable_names(unet, variant))
     dtype = unet.dtype
 
+    keep_weight = float(params.get("preserve_weight", 0.0))
+    keep_emb = encode_prompts(pipe, preserve) if preserve and keep_weight > 0 else None
+
     def loss_at(i: int) -> torch.Tensor:
         sl = slice(i * batch, (i + 1) * batch)
-        pred = unet_eps(unet, snaps.latents[sl].to(dtype), snaps.timesteps[sl], sample_cond[sl].to(dtype), trainable)
-        return F.mse_loss(pred.float(), goal[sl])
+        x, t = snaps.latents[sl].to(dtype), snaps.timesteps[sl]
+        if keep_weight <= 0:
+            pred = unet_eps(unet, x, t, sample_cond[sl].to(dtype), trainable)
+            return F.mse_loss(pred.float(), goal[sl])
+        # One student pass over the concept prompt and the empty prompt at the same latents; the frozen
+        # empty-prompt prediction is already known from the sampling run, so the preservation term is free.
+        n = x.shape[0]
+        both = unet_eps(unet, torch.cat([x, x]), torch.cat([t, t]),
+                        torch.cat([sample_cond[sl], uncond[:n]]).to(dtype), trainable).float()
+        loss = F.mse_loss(both[:n], goal[sl]) + keep_weight * F.mse_loss(both[n:], snaps.eps_uncond[sl])
+        if keep_emb is not None:
+            k = keep_emb[[(i * n + j) % keep_emb.shape[0] for j in range(n)]]
+            with torch.no_grad():
+                frozen = unet_eps(unet, x, t, k.to(dtype)).float()
+            loss = loss + keep_weight * F.mse_loss(unet_eps(unet, x, t, k.to(dtype), trainable).float(), frozen)
+        return loss
 
     losses = adam_loop(trainable, loss_at, iterations, params["lr"], reporter)
     edit = EditDelta.create(pipe, trainable.deltas(), variant, concepts={"targets": list(targets)},
@@ -145,7 +166,7 @@ def _spec(variant: str) -> MethodSpec:
     title, description = VARIANTS[variant]
     return MethodSpec(name=variant, title=title, family="fine-tune", description=description,
                       params=_params(variant), run=partial(run, variant=variant),
-                      uses_guide=False, uses_anchor=False, uses_preserve=False)
+                      uses_guide=False, uses_anchor=False, uses_preserve=True)
 
 
 METHODS = [_spec(v) for v in VARIANTS]
