@@ -27,20 +27,10 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "assets" / "skeletons"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from engine.bpe import bytes_to_unicode
+
 BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable-unicode table (printable bytes map to themselves)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def clip_vocab(bpe_text: str) -> tuple[dict[str, int], list[tuple[str, str]]]:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
+from engine.bpe import bytes_to_unicode
 from engine.shapesworld import WORLD_JSON, render, sample_example, vocabulary_words
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -67,19 +68,6 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- tokenizer
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def build_tokenizer(folder: Path) -> None:
     """Write vocab.json + merges.txt so that every world word is one token, CLIP style."""
     byte_chars = list(bytes_to_unicode().values())
