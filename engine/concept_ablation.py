@@ -46,7 +46,7 @@ PARAMETER_GROUPS = {"kv": "cross-attention keys and values", "attn2": "all cross
 PARAMS = (
     ParamSpec("iterations", "int", 200, "How many training steps to run; more maps the target more completely.",
               1, 10000),
-    ParamSpec("lr", "float", 1e-3,
+    ParamSpec("lr", "float", 3e-4,
               "AdamW learning rate; the authors used about 2e-6 x batch on Stable Diffusion, the default fits the "
               "built-in model.", 1e-7, 1e-1),
     ParamSpec("parameter_group", "choice", "kv",
@@ -56,6 +56,9 @@ PARAMS = (
     ParamSpec("sample_steps", "int", 25, "DDIM steps used to draw each anchor image.", 2, 1000),
     ParamSpec("sample_guidance", "float", 5.0, "Classifier-free guidance used to draw the anchor images.", 0.0, 30.0),
     ParamSpec("batch_size", "int", 4, "Noisy anchor images per training step.", 1, 64),
+    ParamSpec("preserve_weight", "float", 1.0,
+              "Weight of the loss that keeps the anchor and preserve prompts predicting as before (0: off).",
+              0.0, 100.0),
     ParamSpec("templates", "str", DEFAULT_TEMPLATES,
               "Prompt templates separated by semicolons, {} marking where the target or anchor goes."),
 )
@@ -97,12 +100,13 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
         if target.lower() == anchor.lower():
             raise InputError(f"The anchor for {target!r} is the target itself; choose a different anchor.")
     templates = parse_templates(request.params["templates"])
-    return run_guarded(partial(_train, model, request.targets, anchors, templates, request.params, request.seed,
-                               progress, cancel), model.device)
+    preserve = [" ".join(p.split()) for p in request.preserve if p.strip()]
+    return run_guarded(partial(_train, model, request.targets, anchors, templates, preserve, request.params,
+                               request.seed, progress, cancel), model.device)
 
 
-def _train(model: Any, targets: list[str], anchors: list[str], templates: list[str], params: dict[str, Any],
-           seed: int, progress: ProgressCallback, cancel: CancelToken) -> EditDelta:
+def _train(model: Any, targets: list[str], anchors: list[str], templates: list[str], preserve: list[str],
+           params: dict[str, Any], seed: int, progress: ProgressCallback, cancel: CancelToken) -> EditDelta:
     pipe = model.pipe
     unet = pipe.unet
     dtype, device = unet.dtype, pipe.device
@@ -126,8 +130,10 @@ def _train(model: Any, targets: list[str], anchors: list[str], templates: list[s
     names = select_unet_parameters(unet, (lambda m: "attn2" in m) if group == "attn2"
                                    else (lambda m: "attn2.to_k" in m or "attn2.to_v" in m))
     trainable = make_trainable(unet, names)
+    keep_weight = float(params.get("preserve_weight", 0.0))
+    keep_emb = encode_prompts(pipe, preserve) if preserve and keep_weight > 0 else None
 
-    def loss_at(_: int) -> torch.Tensor:
+    def loss_at(i: int) -> torch.Tensor:
         pick = torch.randint(0, n_images, (batch,), generator=generator)
         flip = torch.rand(batch, generator=generator) < 0.5
         clean = x0[pick].clone()
@@ -137,9 +143,21 @@ def _train(model: Any, targets: list[str], anchors: list[str], templates: list[s
         x_t = noise_schedule.add_noise(clean, noise, t).to(dtype)
         which = image_pair[pick]
         with torch.no_grad():
-            goal = unet_eps(unet, x_t, t, anchor_emb[which].to(dtype), trainable).float()
-        pred = unet_eps(unet, x_t, t, target_emb[which].to(dtype), trainable).float()
-        return F.mse_loss(pred, goal)
+            goal = unet_eps(unet, x_t, t, anchor_emb[which].to(dtype)).float()  # the frozen model's anchor
+        if keep_weight <= 0:
+            pred = unet_eps(unet, x_t, t, target_emb[which].to(dtype), trainable).float()
+            return F.mse_loss(pred, goal)
+        # One student pass over target and anchor prompts: the target must predict the frozen anchor, and
+        # the anchor must keep predicting it too (so the shared tokens cannot drift).
+        both = unet_eps(unet, torch.cat([x_t, x_t]), torch.cat([t, t]),
+                        torch.cat([target_emb[which], anchor_emb[which]]).to(dtype), trainable).float()
+        loss = F.mse_loss(both[:batch], goal) + keep_weight * F.mse_loss(both[batch:], goal)
+        if keep_emb is not None:
+            k = keep_emb[[(i * batch + j) % keep_emb.shape[0] for j in range(batch)]].to(dtype)
+            with torch.no_grad():
+                frozen = unet_eps(unet, x_t, t, k).float()
+            loss = loss + keep_weight * F.mse_loss(unet_eps(unet, x_t, t, k, trainable).float(), frozen)
+        return loss
 
     losses = adam_loop(trainable, loss_at, iterations, params["lr"], reporter, weight_decay=1e-2)
     edit = EditDelta.create(pipe, trainable.deltas(), "ca",
@@ -153,4 +171,4 @@ METHOD = MethodSpec(
     name="ca", title="Concept Ablation", family="fine-tune",
     description="Fine-tunes cross-attention so prompts with the target draw what the anchor draws "
                 "(for example red to blue, or a style to the plain prompt); an empty anchor means the plain prompt.",
-    params=PARAMS, run=run, uses_guide=False, uses_anchor=True, uses_preserve=False)
+    params=PARAMS, run=run, uses_guide=False, uses_anchor=True, uses_preserve=True)
