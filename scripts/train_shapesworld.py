@@ -7,13 +7,17 @@ given ``--seed`` up to GPU kernel non-determinism.
 Resumable: each stage writes to ``--work``; a finished VAE is reused, and the UNet stage
 restarts from the last saved checkpoint (``unet_ckpt.pt``) when one exists.
 
-Measured wall time (100,000 images, VAE 1,500 steps, UNet budget 330 s):
-  one NVIDIA H200: about 7 minutes in all (see docs/shapesworld-training.md for the log).
-  this 2-core CPU: not practical at full size (the VAE alone would take hours);
-  ``--preset cpu-small`` trains a reduced configuration in about 3 hours.
+Measured wall time of the committed model (80,000 images, VAE 1,200 steps, UNet + text encoder 4,715 steps,
+batch 256, in two runs, the second resumed from the first's checkpoint; log in docs/shapesworld-training-log.txt):
+  one NVIDIA H200: about 12 minutes in all (rendering 9 s, VAE 64 s, UNet 9-10 it/s: 259 s + 193 s, saving 1 s).
+  this 2-core CPU (torch 2.13.0+cpu): one UNet step at batch 32 takes about a second, so the same run would take
+  about 10 hours at batch 256; not practical. Use --init to continue from the committed model where a GPU is lent.
 
 Usage:
   python scripts/train_shapesworld.py --work /tmp/sw --out assets/models/shapesworld --device cuda
+  # continue training the committed model on a GPU:
+  python scripts/train_shapesworld.py --work /tmp/sw --out /tmp/sw_out --device cuda \
+      --init assets/models/shapesworld --lr 2e-4 --time-budget 420 --eval
 """
 
 from __future__ import annotations
@@ -205,6 +209,15 @@ def train_unet(latent_mean, latent_std, scaling, ids, vocab_size, bos_id, eos_id
             e.copy_(v)
         start = int(state["step"])
         log(f"resumed UNet training at step {start}")
+    elif args.init is not None:
+        # Continue from a saved pipeline (e.g. the committed model): its weights become both the trained
+        # parameters and the EMA; the step count (and so the LR schedule) starts over.
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(args.init), subfolder="unet").state_dict())
+        text_encoder.load_state_dict(
+            CLIPTextModel.from_pretrained(str(args.init), subfolder="text_encoder").state_dict())
+        for e, p in zip(ema, params, strict=True):
+            e.copy_(p.detach())
+        log(f"initialised UNet and text encoder from {args.init}")
     log(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M params, "
         f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M")
 
@@ -343,6 +356,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--eval", action="store_true")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue training from a saved pipeline folder (its VAE is kept as it is)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -362,6 +377,8 @@ def main() -> None:
     from diffusers import AutoencoderKL
 
     vae_dir = args.work / "vae"
+    if args.init is not None and not (vae_dir / "config.json").exists():
+        AutoencoderKL.from_pretrained(str(args.init), subfolder="vae", local_files_only=True).save_pretrained(vae_dir)
     if (vae_dir / "config.json").exists():
         vae = AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).to(args.device).eval()
         log("reusing trained VAE")
