@@ -131,7 +131,10 @@ def _train(model: Any, targets: list[str], anchors: list[str], templates: list[s
                                    else (lambda m: "attn2.to_k" in m or "attn2.to_v" in m))
     trainable = make_trainable(unet, names)
     keep_weight = float(params.get("preserve_weight", 0.0))
-    keep_emb = encode_prompts(pipe, preserve) if preserve and keep_weight > 0 else None
+    # Preserved besides the anchor: the templates with no concept in them (their words, start/end and padding
+    # tokens are what every prompt shares) and the user's preserve prompts.
+    keep = list(dict.fromkeys([fill(tpl, "") for tpl in templates] + preserve))
+    keep_emb = encode_prompts(pipe, keep) if keep_weight > 0 else None
 
     def loss_at(i: int) -> torch.Tensor:
         pick = torch.randint(0, n_images, (batch,), generator=generator)

@@ -142,8 +142,9 @@ def test_esd_runs_on_sd1_shaped_pipeline(tiny_sd1_pipeline):
 
     tiny = LoadedModel(pipe=tiny_sd1_pipeline, source="tiny", architecture="sd1", device="cpu",
                        dtype=torch.float32)
-    edit = erase(tiny, EraseRequest("esd-x-strict", ["a cat"], params={"iterations": 3, "ddim_steps": 4,
-                                                                        "trajectories": 2}))
+    # With a preserve prompt, so the extra frozen/student pass of the preservation loss runs too.
+    edit = erase(tiny, EraseRequest("esd-x-strict", ["a cat"], preserve=["a dog"],
+                                    params={"iterations": 3, "ddim_steps": 4, "trajectories": 2}))
     assert edit.deltas and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in edit.deltas)
     tiny.stack.push(edit)
     tiny.stack.remove(-1)
