@@ -46,7 +46,7 @@ PARAMETER_GROUPS = {"kv": "cross-attention keys and values", "attn2": "all cross
 PARAMS = (
     ParamSpec("iterations", "int", 200, "How many training steps to run; more maps the target more completely.",
               1, 10000),
-    ParamSpec("lr", "float", 3e-4,
+    ParamSpec("lr", "float", 1e-3,
               "AdamW learning rate; the authors used about 2e-6 x batch on Stable Diffusion, the default fits the "
               "built-in model.", 1e-7, 1e-1),
     ParamSpec("parameter_group", "choice", "kv",
