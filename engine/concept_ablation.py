@@ -5,10 +5,17 @@ prompt templates). Each training step noises some of those images to x_t and tra
 cross-attention so that the prompt c* (the same template with the *target* filled in)
 predicts what the anchor prompt predicts:
 
-    min || eps(x_t, c*, t) - sg[eps(x_t, c, t)] ||^2
+    min || eps(x_t, c*, t) - eps_frozen(x_t, c, t) ||^2
+        + preserve_weight * sum_p || eps(x_t, p, t) - eps_frozen(x_t, p, t) ||^2
 
-where both predictions come from the model being trained (sg: no gradient through the target),
-as in the authors' model-based loss. "red" -> "blue" makes red prompts draw blue; an empty
+Deliberate deviations from the authors' model-based loss (where the target comes from the model being
+trained, with a stop-gradient, and there is no preservation term by default): the target is the
+*frozen* model's anchor prediction, and ``preserve_weight`` (on by default) keeps the anchor prompt,
+the templates with no concept in them (their words and the start/end/padding tokens every prompt
+shares) and the user's preserve prompts predicting what they predicted before, at the same noisy
+anchor latents. Without these the trained keys/values drift together with their own target and the
+shared tokens carry the change to every prompt: measured on the built-in model, red -> blue also
+turned the other colours blue (specificity 0.25). Set ``preserve_weight`` to 0 for no preservation. "red" -> "blue" makes red prompts draw blue; an empty
 anchor maps the target to the plain prompt ("a star by Kusama" -> "a star").
 
 Differences from the reference code, all because there is no LLM and the default model is
