@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.generate import GenerationRequest, generate
-    from engine.images import save_png, image_grid
+    from engine.images import image_grid, save_png
 
     model = load_model_from_args(args)
     request = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative, seeds=args.seeds,
