@@ -65,7 +65,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
 
 # lr 5e-5 is the authors' SD1.4 default (batch 1); the built-in ShapesWorld UNet (3.4 M parameters, trained from
 # scratch) needs a larger step to move in 200 iterations, so the defaults are sized for it per variant.
-DEFAULT_LR = {"esd-x": 3e-4, "esd-x-strict": 1e-3, "esd-u": 5e-5}
+DEFAULT_LR = {"esd-x": 3e-4, "esd-x-strict": 1e-3, "esd-u": 4e-5}
 
 
 def _params(variant: str) -> tuple[ParamSpec, ...]:
