@@ -201,8 +201,9 @@ def check_manifest(manifest: Any) -> None:
             raise ValueError("the inference entry names no concept")
         for key, value in inference.items():
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (isinstance(value, str) or (number and math.isfinite(value))):
-                raise ValueError(f"inference {key} is neither text nor a finite number")
+            texts = isinstance(value, list) and all(isinstance(v, str) for v in value)  # SLD's reference prompts
+            if not (isinstance(value, str) or texts or (number and math.isfinite(value))):
+                raise ValueError(f"inference {key} is neither text, a list of text nor a finite number")
 
 
 def check_finite(edit: EditDelta) -> None:

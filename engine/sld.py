@@ -8,10 +8,20 @@ Each step evaluates the UNet on the unconditional prompt, the user's prompt p an
 concept S, then (per element, as in the diffusers ``StableDiffusionPipelineSafe``):
 
     scale    = clamp(|eps_p - eps_S| * s_S, max 1), zeroed where eps_p - eps_S >= lambda
-    gamma    = scale * (eps_S - eps_0) + s_m * nu
+    gamma    = scale * (eps_S - eps_R) + s_m * nu
     nu       = beta_m * nu + (1 - beta_m) * gamma
     guidance = (eps_p - eps_0) - strength * gamma          (after the warm-up)
     eps      = eps_0 + guidance_scale * guidance
+
+eps_R is the reference the concept's direction is measured from. The paper's is the unconditional
+eps_0 (``direction=empty``). Deliberate deviation, the default where the model knows the concept's
+siblings (the built-in model): eps_R is the prediction for the siblings' centroid embedding
+(``direction=siblings``: "red" is measured from "green", "blue", ...). Why: eps("red") - eps("")
+means "draw a red object", so subtracting it also removes the object from every prompt; measured on
+the built-in model (STRONG, 8 seeds) the paper's direction left red in 44 % of red prompts and kept
+only about 65 % of unrelated prompts. Relative to the siblings the direction is "red rather than
+another color", which steers colors without erasing shapes. Real models have no sibling list, so
+they use the paper's direction.
 
 Choices made here:
 - The preset warm-up is counted at 50 sampling steps (the SLD default) and scaled to the
@@ -19,7 +29,7 @@ Choices made here:
   silently doing nothing.
 - The stack entry's strength scales gamma: 0 switches the entry off, 1 is the preset, 2 doubles it.
 - Several entries each keep their own concept, settings and momentum and their terms add up,
-  at the cost of one more UNet evaluation per entry and step.
+  at the cost of one more UNet evaluation per entry and step (two with the siblings direction).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from typing import Any
 
 import torch
 
+from engine import closed_form as cf
 from engine.edits import EditDelta
 from engine.jobs import CancelToken, InputError, ProgressCallback, ProgressReporter
 from engine.methods import EraseRequest, MethodSpec, ParamSpec
@@ -59,11 +70,13 @@ class SldSettings:
     momentum_scale: float
     momentum_beta: float
     strength: float = 1.0
+    reference: tuple[str, ...] = ("",)  # prompts whose mean embedding gives eps_R; ("",) is the paper's eps_0
 
     @classmethod
     def from_manifest(cls, inference: dict[str, Any], strength: float) -> SldSettings:
         try:
-            return cls(concept=str(inference["concept"]), warmup_steps=float(inference["warmup_steps"]),
+            reference = tuple(str(r) for r in inference.get("reference", [""])) or ("",)
+            return cls(concept=str(inference["concept"]), reference=reference, warmup_steps=float(inference["warmup_steps"]),
                        sld_guidance_scale=float(inference["sld_guidance_scale"]),
                        threshold=float(inference["threshold"]), momentum_scale=float(inference["momentum_scale"]),
                        momentum_beta=float(inference["momentum_beta"]), strength=float(strength))
@@ -96,6 +109,10 @@ PARAMS = (
               "How much accumulated safety guidance is added each step (-1 keeps the preset's value).", -1.0, 10.0),
     ParamSpec("momentum_beta", "float", -1.0,
               "How slowly the safety momentum forgets earlier steps (-1 keeps the preset's value).", -1.0, 1.0),
+    ParamSpec("direction", "choice", "siblings",
+              "What the concept is steered away from: siblings measures it against the other colors/shapes/styles "
+              "where the model knows them (keeps everything else intact); empty is the paper's (against no "
+              "prompt at all).", choices=("siblings", "empty")),
 )
 
 
@@ -108,14 +125,30 @@ def resolve_settings(params: dict[str, Any]) -> dict[str, float | str]:
     return values
 
 
+def reference_prompts(model: Any, targets: list[str], direction: str) -> list[str]:
+    """The prompts eps_R is computed from: the targets' siblings that are not targets themselves (when every
+    target has known siblings and ``direction`` is siblings), else the empty prompt (the paper)."""
+    if direction != "siblings":
+        return [""]
+    siblings: list[str] = []
+    for target in targets:
+        if cf.concept_info(model, target) is None:
+            return [""]
+        siblings += [s for s in cf.default_guides(model, target)
+                     if s not in siblings and not cf.related_to(model, s, targets)]
+    return siblings or [""]
+
+
 def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: CancelToken) -> EditDelta:
     """Make the inference-only edit; no weights are read or changed, so this is instant."""
     reporter = ProgressReporter(progress, "sld", 1, cancel)
     reporter.start("Preparing safe guidance")
     settings = resolve_settings(request.params)
     concept = ", ".join(request.targets)
+    reference = reference_prompts(model, request.targets, request.params.get("direction", "siblings"))
     edit = EditDelta.create(model.pipe, {}, "sld", concepts={"targets": list(request.targets)},
-                            params=dict(request.params), inference={"concept": concept, **settings})
+                            params=dict(request.params),
+                            inference={"concept": concept, "reference": reference, **settings})
     reporter.step("Safe guidance ready")
     return edit
 
@@ -162,9 +195,18 @@ def generate_with_sld(pipe: Any, entries: list[Any], common: dict[str, Any], on_
     text = _embed(pipe, prompts)
     uncond = _embed(pipe, list(negative))
     concepts = _embed(pipe, [s.concept for s in settings])
-    # Rows: unconditional, prompt, then one block per safety concept.
-    embeddings = torch.cat([uncond, text, *[c.expand(batch, -1, -1) for c in concepts.split(1)]]).to(dtype)
-    blocks = 2 + len(settings)
+    # a reference of ("",) is the unconditional prediction itself; others get a block of their own
+    own_reference = [s.reference != ("",) for s in settings]
+    references = [_embed(pipe, list(s.reference)).mean(0, keepdim=True) for s, own in zip(settings, own_reference)
+                  if own]
+    # Rows: unconditional, prompt, one block per safety concept, then one per sibling reference.
+    embeddings = torch.cat([uncond, text, *[c.expand(batch, -1, -1) for c in concepts.split(1)],
+                            *[r.expand(batch, -1, -1) for r in references]]).to(dtype)
+    blocks = 2 + len(settings) + len(references)
+    reference_block, next_block = [], 2 + len(settings)  # block 0 (unconditional) for the paper's direction
+    for own in own_reference:
+        reference_block.append(next_block if own else 0)
+        next_block += own
     warmups = [s.warmup_for(steps) for s in settings]
     momenta: list[torch.Tensor | None] = [None] * len(settings)
 
@@ -182,7 +224,7 @@ def generate_with_sld(pipe: Any, entries: list[Any], common: dict[str, Any], on_
             diff = eps_text - eps_concept
             scale = torch.clamp(diff.abs() * s.sld_guidance_scale, max=1.0)
             scale = torch.where(diff >= s.threshold, torch.zeros_like(scale), scale)
-            safety = (eps_concept - eps_uncond) * scale
+            safety = (eps_concept - eps[reference_block[k]]) * scale
             if momenta[k] is None:
                 momenta[k] = torch.zeros_like(safety)
             safety = safety + s.momentum_scale * momenta[k]

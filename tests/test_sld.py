@@ -46,6 +46,19 @@ def test_edit_is_inference_only_with_preset_values(model):
         sld_edit(model, preset="extreme")
 
 
+def test_direction_is_measured_from_the_siblings_where_known(model):
+    red = sld_edit(model).manifest["inference"]["reference"]
+    assert red == ["green", "blue", "yellow", "purple", "orange"]
+    both = erase(model, EraseRequest("sld", ["red", "crimson", "blue"])).manifest["inference"]["reference"]
+    assert both == ["green", "yellow", "purple", "orange"]
+    assert sld_edit(model, "a lighthouse").manifest["inference"]["reference"] == [""]
+    assert sld_edit(model, direction="empty").manifest["inference"]["reference"] == [""]
+    # edits made before the option existed keep the paper's direction
+    inference = dict(sld_edit(model).manifest["inference"])
+    del inference["reference"]
+    assert SldSettings.from_manifest(inference, 1.0).reference == ("",)
+
+
 def test_warmup_is_scaled_to_the_step_count():
     weak = SldSettings("x", **PRESETS["weak"])
     assert weak.warmup_for(50) == 15 and weak.warmup_for(25) == 8 and weak.warmup_for(10) == 3
