@@ -68,4 +68,6 @@ def print_summary(data: dict) -> None:
             line += f", probe recovery {e['probe_recovery']:.1%}"
         print(line)
     if data["specificity"] is not None:
-        print(f"specificity (everything else, relative to unedited): {data['specificity']:.1%}")
+        by_kind = ", ".join(f"{k}s {v:.1%}" for k, v in data.get("specificity_by_kind", {}).items())
+        print(f"specificity (everything else, relative to unedited): {data['specificity']:.1%}"
+              + (f" ({by_kind})" if by_kind else ""))

@@ -72,6 +72,8 @@ class EvalReport:
     bare_shape_colors: dict[str, float]  # share of each color for bare shape prompts ("a circle")
     erased: dict[str, dict[str, Any]] = field(default_factory=dict)
     specificity: float | None = None
+    # the same per attribute: e.g. {"color": 0.99, ...} = color accuracy of the untouched prompts, relative
+    specificity_by_kind: dict[str, float] = field(default_factory=dict)
     base_accuracy: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -264,6 +266,11 @@ def _full_accuracy(pairs: list[tuple[EvalCase, list[Verdict]]]) -> float:
     return ok / n if n else float("nan")
 
 
+def _kind_accuracy(pairs: list[tuple[EvalCase, list[Verdict]]], kind: str) -> float:
+    marks = [case_correct(case, v)[kind] for case, row in pairs for v in row if kind in case_correct(case, v)]
+    return sum(marks) / len(marks) if marks else float("nan")
+
+
 def evaluate(model: Any, request: EvalRequest, progress: ProgressCallback = no_progress,
              cancel: CancelToken | None = None) -> EvalReport:
     """Judge the model (with its current edit stack) on the suite; see the module docstring."""
@@ -298,6 +305,11 @@ def evaluate(model: Any, request: EvalRequest, progress: ProgressCallback = no_p
     base_acc = _full_accuracy([(cases[i], base[i]) for i in untouched])
     edit_acc = _full_accuracy([(cases[i], verdicts[i]) for i in untouched])
     report.specificity = round(edit_acc / base_acc, 4) if base_acc else None
+    for kind in KINDS:
+        base_k = _kind_accuracy([(cases[i], base[i]) for i in untouched], kind)
+        edit_k = _kind_accuracy([(cases[i], verdicts[i]) for i in untouched], kind)
+        if base_k > 0:  # NaN (no such prompts) compares False
+            report.specificity_by_kind[kind] = round(edit_k / base_k, 4)
     for concept, text in zip(concepts, request.erased):
         entry: dict[str, Any] = {"kind": concept.kind, "key": concept.key}
         for how, name in (("canonical", "efficacy"), ("variant", "generality")):

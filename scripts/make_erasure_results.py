@@ -106,7 +106,7 @@ def run_row(model, row: Row, seeds: list[int], others: int) -> dict:
         result = {"row": row.key, "method": row.method, "targets": row.targets, "anchors": row.anchors,
                   "params": edit.manifest.get("params", {}), "seconds": round(elapsed, 2),
                   "specificity": report.specificity, "erased": report.erased, "goal": row.goal,
-                  "seeds": len(seeds), "others": others}
+                  "specificity_by_kind": report.specificity_by_kind, "seeds": len(seeds), "others": others}
         if row.probe:
             from engine.probe import probe_recovery
 
@@ -138,6 +138,12 @@ def pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
+def spec_text(row: dict) -> str:
+    """Overall specificity, then per attribute where measured (colors / shapes / styles of untouched prompts)."""
+    parts = [f"{kind}s {pct(v)}" for kind, v in row.get("specificity_by_kind", {}).items()]
+    return pct(row["specificity"]) + (f"<br>{' · '.join(parts)}" if parts else "")
+
+
 def write_markdown(results: list[dict], dial: list[dict], seeds: int, others: int) -> None:
     lines = [
         "# Erasure results on the built-in ShapesWorld model",
@@ -147,7 +153,8 @@ def write_markdown(results: list[dict], dial: list[dict], seeds: int, others: in
         f"(`engine.evaluate.compact_suite`) holds every plain prompt naming an erased concept (canonical word → "
         f"efficacy, synonyms / other phrasings → generality) and {others} unrelated prompts (specificity: their "
         "accuracy relative to the unedited model). Efficacy and generality: share of images that still show the "
-        "concept, lower is better. \"Kept\": the other attributes of the target prompts (e.g. the shape of a red "
+        "concept, lower is better. Specificity is also given per attribute (e.g. the color accuracy of the "
+        "untouched prompts, relative). \"Kept\": the other attributes of the target prompts (e.g. the shape of a red "
         "circle) relative to the unedited model. Method time measured on this 2-core CPU in the same run."),
         "",
         "| row | method | erase | efficacy (unedited) | generality (unedited) | kept | specificity | time | seeds | target |",
@@ -166,7 +173,7 @@ def write_markdown(results: list[dict], dial: list[dict], seeds: int, others: in
                 f"| {r['row'] if i == 0 else ''} | {r['method'] if i == 0 else ''} | {erase_text} | "
                 f"{pct(e['efficacy'])} ({pct(e['efficacy_unedited'])}){extra} | "
                 f"{pct(e['generality'])} ({pct(e['generality_unedited'])}) | {pct(e.get('retention'))} | "
-                f"{pct(r['specificity']) if i == 0 else ''} | {str(r['seconds']) + ' s' if i == 0 else ''} | "
+                f"{spec_text(r) if i == 0 else ''} | {str(r['seconds']) + ' s' if i == 0 else ''} | "
                 f"{r.get('seeds', '—') if i == 0 else ''} | "
                 f"{r['goal'] if i == 0 else ''} |")
     if dial:

@@ -51,4 +51,6 @@ def test_evaluate_reports_specificity_and_restores_the_stack(builtin_model):
     # A zero delta changes nothing: the edited and unedited runs agree exactly.
     assert entry["efficacy"] == entry["efficacy_unedited"]
     assert report.specificity == 1.0
+    assert set(report.specificity_by_kind) <= {"color", "shape", "style"}
+    assert all(v == 1.0 for v in report.specificity_by_kind.values())
     assert torch.equal(model.pipe.unet.get_parameter(name[5:]), before)
