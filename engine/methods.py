@@ -32,6 +32,7 @@ class ParamSpec:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    minimum_means: str = ""  # what the minimum stands for, shown instead of the number ("preset")
 
     def parse(self, value: Any) -> Any:
         """Convert and range-check a value (strings from the CLI included)."""

@@ -53,10 +53,11 @@ PARAMS = (
               "Sets the reference defaults for epochs and the embedding regulariser; auto picks art for styles "
               "and object otherwise.", choices=("auto", *TYPE_DEFAULTS)),
     ParamSpec("epochs", "int", 0, "Rounds of find-the-adversarial-embedding-and-erase-it; 0 uses the concept type's "
-              "reference default.", minimum=0, maximum=20),
+              "reference default.", minimum=0, maximum=20, minimum_means="by concept type"),
     ParamSpec("embedding_reg", "float", 0.0,
               "λ of the adversarial embedding: smaller finds stronger (larger) embeddings; 0 uses the concept "
-              "type's reference default.", minimum=0.0, maximum=100.0),
+              "type's reference default.", minimum=0.0, maximum=100.0,
+              minimum_means="by concept type"),
     ParamSpec("step_lamb", "float", 0.1, "λ of each RECE UCE step (how strongly weights stay put).",
               minimum=1e-4, maximum=100.0),
     ParamSpec("step_preserve_scale", "float", 0.1, "Weight of each preserve prompt in the RECE UCE steps.",

@@ -62,7 +62,7 @@ PARAMS = (
               minimum=0.0, maximum=100.0),
     ParamSpec("preserve_scale", "float", 0.3,
               "Weight of each preserve prompt; 0 uses the reference rule max(0.1, 1/number of preserve prompts).",
-              minimum=0.0, maximum=100.0),
+              minimum=0.0, maximum=100.0, minimum_means="reference rule"),
     ParamSpec("lamb", "float", 0.5, "λ: how strongly every weight is held near its original value.",
               minimum=1e-4, maximum=100.0),
     ParamSpec("tokens", "choice", "subject-to-end",
@@ -76,7 +76,8 @@ PARAMS = (
     ParamSpec("preserve_vocabulary", "bool", True,
               "Also preserve a sample of the model's own vocabulary (world words, or the bundled common list)."),
     ParamSpec("vocabulary_sample", "int", 300,
-              "How many vocabulary entries to preserve at most (0 = all of them).", minimum=0, maximum=100000),
+              "How many vocabulary entries to preserve at most (0 = all of them).", minimum=0, maximum=100000,
+              minimum_means="all"),
 )
 
 

@@ -77,6 +77,18 @@ def test_param_form_emits_typed_values(qtbot):
     assert blocker.args == ["iterations", 7]
 
 
+def test_param_form_names_what_a_minimum_stands_for(qtbot):
+    from engine.methods import ParamSpec
+
+    form = ParamForm()
+    qtbot.addWidget(form)
+    form.build([ParamSpec("scale", "float", -1.0, "s", -1.0, 10.0, minimum_means="preset"),
+                ParamSpec("epochs", "int", 0, "e", 0, 20, minimum_means="by concept type")], {})
+    assert form.editors["scale"].text() == "preset" and form.editors["epochs"].text() == "by concept type"
+    form.editors["scale"].setValue(2.0)
+    assert form.values()["scale"] == 2.0 and form.editors["scale"].text() != "preset"
+
+
 def test_parse_seeds_and_eta():
     assert parse_seeds("0, 1, 5-7") == [0, 1, 5, 6, 7]
     assert parse_seeds("3,3") == [3]

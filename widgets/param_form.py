@@ -60,11 +60,13 @@ class ParamForm(QWidget):
                        spec.maximum if spec.maximum is not None else 1e9)
             default = float(spec.default or 0.0)
             w.setSingleStep(10 ** math.floor(math.log10(abs(default))) / 10 if default else 0.1)
+            w.setSpecialValueText(getattr(spec, "minimum_means", ""))  # shown while the value is the minimum
             w.valueChanged.connect(lambda v, n=name: self._changed(n, float(v)))
         elif spec.kind == "int":
             w = QSpinBox()
             w.setRange(int(spec.minimum) if spec.minimum is not None else -INT_LIMIT,
                        int(spec.maximum) if spec.maximum is not None else INT_LIMIT)
+            w.setSpecialValueText(getattr(spec, "minimum_means", ""))
             w.valueChanged.connect(lambda v, n=name: self._changed(n, int(v)))
         elif spec.kind == "bool":
             w = QCheckBox()
