@@ -166,8 +166,8 @@ METHOD = MethodSpec(
     name="rece",
     title="RECE (closed form, robust)",
     family="closed-form",
-    description="UCE, then rounds that find the embedding which still brings the concept back and erase it too; "
-                "closes the loophole UCE leaves for adversarial prompts. Takes seconds.",
+    description="UCE, then rounds that find the embedding which still brings the concept back and erase it too, "
+                "to make the erasure harder to undo with adversarial prompts. Takes seconds.",
     params=PARAMS,
     run=run,
 )
