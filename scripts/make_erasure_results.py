@@ -181,6 +181,9 @@ def write_markdown(results: list[dict], dial: list[dict], seeds: int, others: in
                   "|---|---|---|---|"]
         lines += [f"| {d['strength']} | {pct(d['efficacy'])} | {pct(d['generality'])} | {pct(d['specificity'])} |"
                   for d in dial]
+    notes = DOCS / "erasure-results-notes.md"  # hand-written findings, kept across regenerations
+    if notes.is_file():
+        lines += ["", notes.read_text(encoding="utf-8").strip()]
     lines += ["", "## Before / after grids", "",
               "Left of each pair: the unedited model; right: the edited one; same seed.", ""]
     for r in results:
