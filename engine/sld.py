@@ -198,18 +198,19 @@ def generate_with_sld(pipe: Any, entries: list[Any], common: dict[str, Any], on_
     text = _embed(pipe, prompts)
     uncond = _embed(pipe, list(negative))
     concepts = _embed(pipe, [s.concept for s in settings])
-    # a reference of ("",) is the unconditional prediction itself; others get a block of their own
-    own_reference = [s.reference != ("",) for s in settings]
-    references = [_embed(pipe, list(s.reference)).mean(0, keepdim=True) for s, own in zip(settings, own_reference)
-                  if own]
+    # A reference of ("",) is the unconditional prediction itself (block 0); others get a block of their own.
+    references: list[torch.Tensor] = []
+    reference_block: list[int] = []
+    for s in settings:
+        if s.reference == ("",):
+            reference_block.append(0)
+        else:
+            reference_block.append(2 + len(settings) + len(references))
+            references.append(_embed(pipe, list(s.reference)).mean(0, keepdim=True))
     # Rows: unconditional, prompt, one block per safety concept, then one per sibling reference.
     embeddings = torch.cat([uncond, text, *[c.expand(batch, -1, -1) for c in concepts.split(1)],
                             *[r.expand(batch, -1, -1) for r in references]]).to(dtype)
     blocks = 2 + len(settings) + len(references)
-    reference_block, next_block = [], 2 + len(settings)  # block 0 (unconditional) for the paper's direction
-    for own in own_reference:
-        reference_block.append(next_block if own else 0)
-        next_block += own
     warmups = [s.warmup_for(steps) for s in settings]
     momenta: list[torch.Tensor | None] = [None] * len(settings)
 

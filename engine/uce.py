@@ -41,7 +41,7 @@ The edit is computed against the base weights, so it composes with other edits o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from engine import closed_form as cf
@@ -96,7 +96,7 @@ class UcePlan:
     erase_guides: list[list[str]]
     preserve_scale: float
     # per erase prompt: map it exactly onto its guide (the guide is one concrete sibling, e.g. "orange")
-    replace_only: list[bool] = field(default_factory=list)
+    replace_only: list[bool]
 
 
 def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
@@ -145,9 +145,8 @@ def uce_statistics(model: Any, uce: UcePlan, params: dict[str, Any]) -> cf.Stati
     pipe = model.pipe
     eta = params["away"] if params["target"] == "steer-away" else 0.0
     stats = None
-    replace_only = uce.replace_only or [False] * len(uce.erase_prompts)
     for replace in (False, True):
-        index = [i for i, r in enumerate(replace_only) if r == replace]
+        index = [i for i, r in enumerate(uce.replace_only) if r == replace]
         if not index:
             continue
         rows = cf.erase_rows(pipe, [uce.erase_prompts[i] for i in index], [uce.erase_guides[i] for i in index],
