@@ -294,14 +294,19 @@ def concept_prompts(model: Any, concept: str, concept_type: str = "object") -> l
         return _unique([t.format(concept) for t in templates])
     prompts = [concept]
     shapes = list(world["shapes"])
+    colors = list(world["colors"])
+    # A quarter of the model's captions name a style too ("a red square by Kusama"); the concept is erased
+    # (and its siblings preserved) in that context as well, since the tokens after the concept differ there.
+    styles = [v["phrasings"][0] for v in world["styles"].values()]
     if info.group == "color":
         for shape in shapes:
             prompts.append(f"a {concept} {shape}")
         prompts += [f"something {concept}", f"a {concept} shape", f"a picture of a {concept} {shapes[0]}"]
+        prompts += [f"a {concept} {shapes[(i + 1) % len(shapes)]} {style}" for i, style in enumerate(styles)]
     elif info.group == "shape":
-        color = next(iter(world["colors"]))
-        prompts += [f"a {concept}", f"a picture of a {concept}", f"a {color} {concept}"]
-        prompts += [f"a {c} {concept}" for c in list(world["colors"])[1:3]]
+        prompts += [f"a {concept}", f"a picture of a {concept}", f"a {colors[0]} {concept}"]
+        prompts += [f"a {c} {concept}" for c in colors[1:3]]
+        prompts += [f"a {colors[(i + 3) % len(colors)]} {concept} {style}" for i, style in enumerate(styles)]
     else:
         # a bare style name ("Kusama") is asked for as "by Kusama" in the model's captions
         phrase = concept if concept.strip().lower() != info.word else f"by {concept}"

@@ -319,9 +319,11 @@ def evaluate(model: Any, request: EvalRequest, progress: ProgressCallback = no_p
             entry[name] = round(float(np.mean(shown)), 4) if shown else None
             entry[name + "_unedited"] = round(float(np.mean(base_shown)), 4) if base_shown else None
             entry[name + "_prompts"] = len(idx)
+            # what the prompts were drawn as instead (e.g. "blue" for Concept Ablation's red → blue)
+            judged = Counter(getattr(v, concept.kind) for i in idx for v in verdicts[i])
+            outcomes = {k: round(n / max(1, len(shown)), 4) for k, n in judged.most_common()}
+            entry["target_outcomes" if how == "canonical" else "generality_outcomes"] = outcomes
             if how == "canonical":
-                judged = Counter(getattr(v, concept.kind) for i in idx for v in verdicts[i])
-                entry["target_outcomes"] = {k: round(n / max(1, len(shown)), 4) for k, n in judged.most_common()}
                 other = [k for k in KINDS if k != concept.kind]
                 keep = [all(case_correct(cases[i], v)[k] for k in other if k in case_correct(cases[i], v))
                         for i in idx for v in verdicts[i]]

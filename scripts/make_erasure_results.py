@@ -165,8 +165,10 @@ def write_markdown(results: list[dict], dial: list[dict], seeds: int, others: in
             erase_text = concept + (f" → {', '.join(r['anchors'])}" if r["anchors"] else "")
             extra = ""
             if r["method"] == "ca":
-                blue = e.get("target_outcomes", {}).get(r["anchors"][0], 0.0) if r["anchors"] else 0.0
-                extra = f"<br>red prompts drawn {r['anchors'][0]}: {pct(blue)}"
+                anchor = r["anchors"][0]
+                extra = f"<br>{concept} prompts drawn {anchor}: {pct(e.get('target_outcomes', {}).get(anchor, 0.0))}"
+                if "generality_outcomes" in e:
+                    extra += f"<br>synonyms drawn {anchor}: {pct(e['generality_outcomes'].get(anchor, 0.0))}"
             if "probe" in r:
                 extra += f"<br>probe recovery {pct(r['probe'].get(concept))}"
             lines.append(

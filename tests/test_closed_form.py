@@ -145,6 +145,8 @@ def test_siblings_and_preserve_come_from_the_world(model):
     assert "blue" in preserve and not {"red", "crimson", "scarlet"} & set(preserve)
     expanded = cf.expand_preserve(model, ["circle"], ["red"])
     assert "a circle" in expanded and not any("red" in p for p in expanded)
+    # the model's captions name a style a quarter of the time: concepts are also handled in that context
+    assert any(p.startswith("a orange ") and "by " in p for p in cf.expand_preserve(model, ["orange"], ["red"]))
 
 
 def test_rece_and_speed_change_the_right_weights(model):

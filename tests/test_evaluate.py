@@ -53,4 +53,7 @@ def test_evaluate_reports_specificity_and_restores_the_stack(builtin_model):
     assert report.specificity == 1.0
     assert set(report.specificity_by_kind) <= {"color", "shape", "style"}
     assert all(v == 1.0 for v in report.specificity_by_kind.values())
+    # what the erased concept's prompts were drawn as instead, for its canonical word and its synonyms
+    for key in ("target_outcomes", "generality_outcomes"):
+        assert entry[key] and abs(sum(entry[key].values()) - 1.0) < 0.01
     assert torch.equal(model.pipe.unet.get_parameter(name[5:]), before)
