@@ -119,6 +119,10 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
     replace_only: list[bool] = []
     for target, parts in zip(targets, guides):
         prompts = cf.concept_prompts(model, target, params["concept_type"]) if params["expand"] else [target]
+        # an expanded prompt that also names another target ("a red square by Riley" while erasing Riley too)
+        # would have its guide re-assert that target
+        others = [t for t in targets if t != target]
+        prompts = [p for p in prompts if p == target or not cf.related_to(model, p, others)]
         single_sibling = len(parts) == 1 and is_sibling(model, parts[0], target)
         for prompt in prompts:
             replace_only.append(single_sibling)

@@ -204,3 +204,15 @@ def test_edits_compose_and_round_trip(model, tmp_path):
     loaded = EditDelta.load(path)
     assert loaded.manifest["method"] == "uce"
     assert all(torch.equal(loaded.deltas[n], edit.deltas[n]) for n in edit.deltas)
+
+
+def test_expanded_prompts_of_one_target_never_name_another(model):
+    from engine import uce
+    from engine.methods import get_method
+
+    params = get_method("uce").resolve_params({})
+    plan = uce.plan(model, EraseRequest("uce", ["red", "by Riley"], params=params), params)
+    red_prompts = [p for p in plan.erase_prompts if "red" in p]
+    assert any(" by " in p for p in red_prompts), "colors are erased in styled captions too"
+    # a red prompt naming Riley would be guided to "a green square by Riley", re-asserting Riley
+    assert not any("riley" in p.lower() for p in red_prompts)
