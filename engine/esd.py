@@ -68,6 +68,11 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # Measured on it (red, eta 2, preservation on, 8 seeds): esd-x lr 3e-4 efficacy 0% / specificity 1.02 (1e-3 kept
 # the colour off but lost shapes of red prompts); esd-u lr 4e-5 efficacy 12.5% / specificity 0.88, 5e-5 7.8% /
 # 0.78, 1e-4 0% / 0.76. esd-x-strict's 1e-3 is not measured.
+# What esd-u loses is mostly orange: outside cross-attention red and orange share their rendering (lr 4e-5, 8 seeds,
+# with the time embedding and output layer left out as in the paper's code: red 12.5%, specificity 0.83, orange's
+# color accuracy 0.84 → 0.00, so that variant is not kept). Holding the other colors with preserve prompts did not
+# separate them: at the concept's latents (the preserve term above) red stayed in 64% of red prompts and orange
+# fell to 0.22; on the preserve prompts' own trajectories (tried, not kept) red stayed in 97% and orange fell to 0.31.
 DEFAULT_LR = {"esd-x": 3e-4, "esd-x-strict": 1e-3, "esd-u": 4e-5}
 
 
