@@ -16,8 +16,11 @@ The start is this studio's UCE edit with the same request, so RECE needs no sepa
 Defaults for the embedding regulariser λ and the number of epochs follow the reference per concept
 type (object 0.1 / 1, hard object 1e-3 / 1, art 1e-3 / 1, nudity 0.1 / 3, unsafe 0.1 / 2).
 
-Deviations (deliberate, documented): the UCE steps use UCE's ``steer-away`` target and sibling guides
-(see engine/uce.py; ``target=replace`` with ``default_guide=empty`` is the reference behaviour); the
+Deviations (deliberate, documented): the UCE start uses UCE's ``steer-away`` target and sibling guides
+(see engine/uce.py; ``target=replace`` with ``default_guide=empty`` is the reference behaviour), and the
+RECE steps map c′ onto the same guides. The steps themselves map c′ exactly onto the guide, as the
+reference does: pushing c′ past the guide as well (steer-away) let red back into 9 % of red prompts against
+0 % (4 seeds, 15 steps), because c′ is not the concept's own embedding and the push lands elsewhere. The
 reference's per-epoch validation generation (NudeNet/Q16 to keep the best epoch) is not run, because it
 needs a task-specific classifier; the last epoch is kept.
 
@@ -124,7 +127,6 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     enc_g = cf.encode_prompts(pipe, guides)
     gindex = {g: i for i, g in enumerate(guides)}
     preserve = cf.preserve_rows(pipe, plan.preserve, "all") if plan.preserve else None
-    eta = params["away"] if params["target"] == "steer-away" else 0.0
     max_len = enc_e.embeds.shape[1]
     # The original erase rows stay in every step with their *current* (already erased) values as the
     # target, so a step that adds the adversarial embeddings cannot loosen the erasure of the concept
@@ -143,8 +145,8 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
             e0 = spans[0][0].start
             rows = adv[i, e0:e0 + span]
             centroid = sum(enc_g.embeds[gindex[g], s.start:s.start + span] for g, (_, s) in zip(gs, spans)) / len(gs)
-            # the current weights' values: v* = W′ ((1 + η) c_g − η c′)
-            step.add_erase(rows, (1.0 + eta) * centroid - eta * rows)
+            # the reference's step: c′ maps onto the guide's current values, v* = W′ c_g
+            step.add_erase(rows, centroid)
         if preserve is not None:
             step.add_preserve(preserve)
         g_step = cf.solve_right_factor(step, params["step_lamb"], params["step_erase_scale"],
