@@ -280,8 +280,9 @@ def concept_info(model: Any, concept: str) -> ConceptInfo | None:
     return None
 
 
-def concept_prompts(model: Any, concept: str, concept_type: str = "object") -> list[str]:
-    """The prompts one concept is erased in (the concept itself first).
+def concept_prompts(model: Any, concept: str, concept_type: str = "object", styled: bool = True) -> list[str]:
+    """The prompts one concept is erased in (the concept itself first); ``styled``: also inside the
+    model's style captions (built-in model).
 
     Built-in model: the concept inside the model's own caption templates (world.json), the canonical
     way it was trained to be asked for. Real models: UCE's art prompts or neutral object captions."""
@@ -297,7 +298,7 @@ def concept_prompts(model: Any, concept: str, concept_type: str = "object") -> l
     colors = list(world["colors"])
     # A quarter of the model's captions name a style too ("a red square by Kusama"); the concept is erased
     # (and its siblings preserved) in that context as well, since the tokens after the concept differ there.
-    styles = [v["phrasings"][0] for v in world["styles"].values()]
+    styles = [v["phrasings"][0] for v in world["styles"].values()] if styled else []
     if info.group == "color":
         for shape in shapes:
             prompts.append(f"a {concept} {shape}")

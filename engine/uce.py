@@ -118,12 +118,17 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
     erase_guides: list[list[str]] = []
     replace_only: list[bool] = []
     for target, parts in zip(targets, guides):
-        prompts = cf.concept_prompts(model, target, params["concept_type"]) if params["expand"] else [target]
+        single_sibling = len(parts) == 1 and is_sibling(model, parts[0], target)
+        # A concept mapped exactly onto one sibling is mapped in the plain captions only: mapped in the styled
+        # ones too, five colors sent onto orange tied orange's styled prompts to theirs (orange's color right in
+        # 76 % of its prompts against 84 % plain-only and 85 % unedited, 8 seeds; styled red/blue prompts
+        # were erased either way).
+        prompts = (cf.concept_prompts(model, target, params["concept_type"], styled=not single_sibling)
+                   if params["expand"] else [target])
         # an expanded prompt that also names another target ("a red square by Riley" while erasing Riley too)
         # would have its guide re-assert that target
         others = [t for t in targets if t != target]
         prompts = [p for p in prompts if p == target or not cf.related_to(model, p, others)]
-        single_sibling = len(parts) == 1 and is_sibling(model, parts[0], target)
         for prompt in prompts:
             replace_only.append(single_sibling)
             erase_prompts.append(prompt)
