@@ -30,13 +30,15 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   is causal, so "circle", EOS and padding after "red" carry red too, and editing only the "red" token left
   red in 20 % of red prompts and "by Riley" in 69 % (red + blue + by Riley, 8 seeds); with subject-to-end
   (and the retained prompts read at all positions to match) 5 % and 0 % at the same specificity (0.78).
-  In this 128-d text space the null space of the retained set is thin, so SPEED trades specificity for
-  erasure along its threshold: 0.5 / 0.1 / 0.02 / 0.005 gave specificity 0.76 / 0.78 / 0.86 / 1.00 with red
-  left in 2 / 5 / 15 / 70 % (4 seeds, 15 steps); blue and "by Riley" stayed at 0 % at every threshold;
+  With the retained concepts in plain captions only, the null space of the retained set was thin in this
+  128-d text space and SPEED traded specificity for erasure along its threshold: 0.5 / 0.1 / 0.02 / 0.005
+  gave specificity 0.76 / 0.78 / 0.86 / 1.00 with red left in 2 / 5 / 15 / 70 % (4 seeds, 15 steps);
 * ``retain_in_context`` (on): where the model's caption templates are known (the built-in model), retained
-  concepts are also retained inside them ("a green circle"), so the null space excludes the directions of
-  the siblings *in context*; with bare words only, the edit changed "a green circle" as much as
-  "a red circle". Real models retain the bare concepts, as the reference does;
+  concepts are also retained inside them ("a green circle", "a green star by Kusama"), so the null space
+  excludes the directions of the siblings *in context*; with bare words only, the edit changed "a green
+  circle" as much as "a red circle". Adding the styled captions (a quarter of the model's training captions
+  name a style) took red + blue + by Riley from specificity 0.88 to 0.98 with red left in 8.5 % → 4.8 %
+  (16 seeds, threshold 0.1). Real models retain the bare concepts, as the reference does;
 * the target is UCE's ``steer-away`` with sibling guides (see engine/uce.py; ``target=replace`` +
   ``default_guide=empty`` is the reference), and targets are expanded into a few prompts.
 """
