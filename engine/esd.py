@@ -74,7 +74,8 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # separate them: at the concept's latents (the preserve term above) red stayed in 64% of red prompts and orange
 # fell to 0.22; on the preserve prompts' own trajectories (tried, not kept) red stayed in 97% and orange fell to 0.31.
 # esd-x spills onto orange too (24 unrelated prompts, 16 seeds: specificity 0.83); lr 1e-4 / 1.5e-4 gave 0.84 / 0.83,
-# and the sibling colors as preserve prompts 0.96 with red left in 17% (8 seeds).
+# and the sibling colors as preserve prompts 0.96 with red left in 17% (8 seeds); with them at lr 4.5e-4 / 6e-4,
+# red 11% / 3% and specificity 0.94 / 0.89, orange's color 0.84 → 0.25 / 0.22 in both: a trade, not a fix.
 DEFAULT_LR = {"esd-x": 3e-4, "esd-x-strict": 1e-3, "esd-u": 4e-5}
 
 
