@@ -439,6 +439,7 @@ class EraseSet:
 
     erase: torch.Tensor  # (n, d)
     guide: torch.Tensor  # (n, d) guide centroid, aligned row by row with ``erase``
+    prompt_index: torch.Tensor  # (n,) the erase prompt each row comes from
 
 
 def erase_rows(pipe: Any, erase_prompts: list[str], guide_sets: list[list[str]], mode: str) -> EraseSet:
@@ -451,7 +452,7 @@ def erase_rows(pipe: Any, erase_prompts: list[str], guide_sets: list[list[str]],
     enc_g = encode_prompts(pipe, all_guides)
     index = {g: i for i, g in enumerate(all_guides)}
     max_len = enc_e.embeds.shape[1]
-    erase_parts, guide_parts = [], []
+    erase_parts, guide_parts, index_parts = [], [], []
     for i, guides in enumerate(guide_sets):
         starts = [aligned_spans(enc_e.lengths[i], enc_g.lengths[index[g]], max_len, mode) for g in guides]
         # a common span length over all guides of this prompt
@@ -462,7 +463,8 @@ def erase_rows(pipe: Any, erase_prompts: list[str], guide_sets: list[list[str]],
         for g, (_, s_g) in zip(guides, starts):
             acc += enc_g.embeds[index[g], s_g.start:s_g.start + span]
         guide_parts.append(acc / len(guides))
-    return EraseSet(torch.cat(erase_parts), torch.cat(guide_parts))
+        index_parts.append(torch.full((span,), i, dtype=torch.long))
+    return EraseSet(torch.cat(erase_parts), torch.cat(guide_parts), torch.cat(index_parts))
 
 
 def preserve_rows(pipe: Any, prompts: list[str], mode: str = "all") -> torch.Tensor:

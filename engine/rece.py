@@ -18,9 +18,9 @@ type (object 0.1 / 1, hard object 1e-3 / 1, art 1e-3 / 1, nudity 0.1 / 3, unsafe
 
 Deviations (deliberate, documented): the UCE start uses UCE's ``steer-away`` target and sibling guides
 (see engine/uce.py; ``target=replace`` with ``default_guide=empty`` is the reference behaviour), and the
-RECE steps map c′ onto the same guides. The steps themselves map c′ exactly onto the guide, as the
-reference does: pushing c′ past the guide as well (steer-away) let red back into 9 % of red prompts against
-0 % (4 seeds, 15 steps), because c′ is not the concept's own embedding and the push lands elsewhere. The
+RECE steps map c′ exactly onto the same guides, as the reference does: pushing c′ past the guide as well
+(steer-away) let red back into 9 % of red prompts against 0 % (4 seeds, 15 steps), because c′ is not the
+concept's own embedding and the push lands elsewhere. The
 reference's per-epoch validation generation (NudeNet/Q16 to keep the best epoch) is not run, because it
 needs a task-specific classifier; the last epoch is kept.
 

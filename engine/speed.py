@@ -186,7 +186,7 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     rows = cf.erase_rows(pipe, plan.erase_prompts, plan.erase_guides, params["tokens"])
     eta = params["away"] if params["target"] == "steer-away" else 0.0
     e = rows.erase.to(torch.float64)
-    t = ((1.0 + eta) * rows.guide - eta * rows.erase).to(torch.float64)
+    t = uce_mod.steer_targets(rows, eta).to(torch.float64)
     s_tt = e.T @ e / e.shape[0]
     s_at = t.T @ e / e.shape[0]
     d = s_tt.shape[0]

@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from engine import closed_form as cf
 from engine.edits import EditDelta
 from engine.jobs import CancelToken, InputError, Progress, ProgressCallback
@@ -149,22 +151,22 @@ def is_sibling(model: Any, guide: str, target: str) -> bool:
     return a is not None and b is not None and a.group == b.group and a.member != b.member
 
 
+def steer_targets(rows: cf.EraseSet, eta: float, exact: list[bool] | None = None) -> torch.Tensor:
+    """Embedding-space targets t (v* = W t) per erase row: (1 + η) c_g − η c_e, i.e. the guide pushed η times
+    the concept's own direction further away; rows of prompts marked ``exact`` map onto the guide (η = 0)."""
+    away = torch.full((rows.erase.shape[0], 1), float(eta), dtype=rows.erase.dtype, device=rows.erase.device)
+    if exact is not None:
+        away[torch.tensor(exact, dtype=torch.bool)[rows.prompt_index].to(away.device)] = 0.0
+    return (1.0 + away) * rows.guide - away * rows.erase
+
+
 def uce_statistics(model: Any, uce: UcePlan, params: dict[str, Any]) -> cf.Statistics:
     """Accumulate the d×d statistics of the erase pairs (with the chosen target) and the preserve prompts."""
     pipe = model.pipe
     eta = params["away"] if params["target"] == "steer-away" else 0.0
-    stats = None
-    for replace in (False, True):
-        index = [i for i, r in enumerate(uce.replace_only) if r == replace]
-        if not index:
-            continue
-        rows = cf.erase_rows(pipe, [uce.erase_prompts[i] for i in index], [uce.erase_guides[i] for i in index],
-                             params["tokens"])
-        # v* = W c_g − η (W c_e − W c_g) = W ((1 + η) c_g − η c_e): still linear in W
-        e = 0.0 if replace else eta
-        if stats is None:
-            stats = cf.Statistics(rows.erase.shape[1], device=rows.erase.device)
-        stats.add_erase(rows.erase, (1.0 + e) * rows.guide - e * rows.erase)
+    rows = cf.erase_rows(pipe, uce.erase_prompts, uce.erase_guides, params["tokens"])
+    stats = cf.Statistics(rows.erase.shape[1], device=rows.erase.device)
+    stats.add_erase(rows.erase, steer_targets(rows, eta, uce.replace_only))
     if uce.preserve:
         stats.add_preserve(cf.preserve_rows(pipe, uce.preserve, "all"))
     return stats
