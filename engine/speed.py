@@ -40,7 +40,8 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   name a style) took red + blue + by Riley from specificity 0.88 to 0.98 with red left in 8.5 % → 4.8 %
   (16 seeds, threshold 0.1). Real models retain the bare concepts, as the reference does;
 * the target is UCE's ``steer-away`` with sibling guides (see engine/uce.py; ``target=replace`` +
-  ``default_guide=empty`` is the reference), and targets are expanded into a few prompts.
+  ``default_guide=empty`` is the reference), and targets are expanded into a few prompts; as in UCE, a
+  concept whose guide is one concrete sibling ("red → orange") is mapped exactly onto it, not past it.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     rows = cf.erase_rows(pipe, plan.erase_prompts, plan.erase_guides, params["tokens"])
     eta = params["away"] if params["target"] == "steer-away" else 0.0
     e = rows.erase.to(torch.float64)
-    t = uce_mod.steer_targets(rows, eta).to(torch.float64)
+    t = uce_mod.steer_targets(rows, eta, plan.replace_only).to(torch.float64)
     s_tt = e.T @ e / e.shape[0]
     s_at = t.T @ e / e.shape[0]
     d = s_tt.shape[0]

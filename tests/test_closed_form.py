@@ -216,3 +216,12 @@ def test_expanded_prompts_of_one_target_never_name_another(model):
     assert any(" by " in p for p in red_prompts), "colors are erased in styled captions too"
     # a red prompt naming Riley would be guided to "a green square by Riley", re-asserting Riley
     assert not any("riley" in p.lower() for p in red_prompts)
+
+
+def test_speed_maps_a_concept_exactly_onto_a_single_sibling_guide(model):
+    # "red → orange" must land on orange, not be pushed past it (towards yellow): steer-away and replace agree
+    away = erase(model, EraseRequest("speed", ["red"], guides=["orange"]))
+    replace = erase(model, EraseRequest("speed", ["red"], guides=["orange"], params={"target": "replace"}))
+    assert all(torch.allclose(away.deltas[n], replace.deltas[n]) for n in away.deltas)
+    siblings = erase(model, EraseRequest("speed", ["red"]))
+    assert not all(torch.allclose(siblings.deltas[n], away.deltas[n]) for n in away.deltas)
