@@ -122,31 +122,19 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
 
     pipe = model.pipe
     gram = weight_gram(model, projections).to(right.device)
-    enc_e = cf.encode_prompts(pipe, plan.erase_prompts)
-    guides = sorted({g for gs in plan.erase_guides for g in gs})
-    enc_g = cf.encode_prompts(pipe, guides)
-    gindex = {g: i for i, g in enumerate(guides)}
     preserve = cf.preserve_rows(pipe, plan.preserve, "all") if plan.preserve else None
-    max_len = enc_e.embeds.shape[1]
     # The original erase rows stay in every step with their *current* (already erased) values as the
     # target, so a step that adds the adversarial embeddings cannot loosen the erasure of the concept
     # itself. (Re-deriving their steer-away target from the current weights would pull them back.)
     base_rows = cf.erase_rows(pipe, plan.erase_prompts, plan.erase_guides, params["tokens"])
     for epoch in range(epochs):
         cancel.raise_if_cancelled()
-        adv_map = adversarial_factor(gram, right, reg)  # c′ = adv_map c
-        adv = torch.einsum("ij,nlj->nli", adv_map.to(torch.float32), enc_e.embeds)
+        adv_map = adversarial_factor(gram, right, reg)  # c′ = adv_map c, token by token
+        adv = base_rows.erase @ adv_map.to(torch.float32).T
         step = cf.Statistics(adv.shape[-1], device=adv.device)
         step.add_erase(base_rows.erase, base_rows.erase)
-        for i, gs in enumerate(plan.erase_guides):
-            spans = [cf.aligned_spans(enc_e.lengths[i], enc_g.lengths[gindex[g]], max_len, params["tokens"])
-                     for g in gs]
-            span = min(s.stop - s.start for s, _ in spans)
-            e0 = spans[0][0].start
-            rows = adv[i, e0:e0 + span]
-            centroid = sum(enc_g.embeds[gindex[g], s.start:s.start + span] for g, (_, s) in zip(gs, spans)) / len(gs)
-            # the reference's step: c′ maps onto the guide's current values, v* = W′ c_g
-            step.add_erase(rows, centroid)
+        # the reference's step: c′ maps onto the guide's current values, v* = W′ c_g
+        step.add_erase(adv, base_rows.guide)
         if preserve is not None:
             step.add_preserve(preserve)
         g_step = cf.solve_right_factor(step, params["step_lamb"], params["step_erase_scale"],
