@@ -76,6 +76,12 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # esd-x spills onto orange too (24 unrelated prompts, 16 seeds: specificity 0.83); lr 1e-4 / 1.5e-4 gave 0.84 / 0.83,
 # and the sibling colors as preserve prompts 0.96 with red left in 17% (8 seeds); with them at lr 4.5e-4 / 6e-4,
 # red 11% / 3% and specificity 0.94 / 0.89, orange's color 0.84 → 0.25 / 0.22 in both: a trade, not a fix.
+# Also tried and not kept (8 seeds, 24 unrelated prompts): erasing red inside the model's captions ("a red circle",
+# "a red star by Kusama", ...) steered away from the same caption about its siblings instead of the empty prompt, with
+# each caption's sibling twin held on its own sampled latents: red 0%, shapes of red prompts kept, but red became
+# orange and orange yellow (orange's color 0.84 → 0.00, specificity 0.82; preserve weight 4: 0.81). Mapped onto the
+# siblings (eta 1) red stayed in 95% and orange still fell to 0.38: the damage to orange comes with training the
+# cross-attention of every prompt at this learning rate, not with how far red is pushed.
 DEFAULT_LR = {"esd-x": 3e-4, "esd-x-strict": 1e-3, "esd-u": 4e-5}
 
 
