@@ -23,10 +23,12 @@ Deliberate deviations from the reference, each an option that can be switched ba
   is erased in the same job) the concept is mapped exactly onto it: pushing past orange lands on yellow
   (red, green, blue, yellow and purple at once drew red prompts yellow, an erased color; mapped exactly,
   all five drew orange, 4 seeds).
-  The default η = 0.75 (ESD's is 1) was chosen on the built-in model, 8 seeds, 25 steps, 24 unrelated
-  prompts: red alone at η = 1 / 0.75 / 0.5 left red in 0 % / 0 % / 6 % of red prompts with specificity
-  0.94 / 0.96 / 0.97; red + blue + "by Riley" in one job at η = 1 / 0.75 / 0.5 had specificity
-  0.82 / 0.95 / 1.01 with every concept at most 2.5 %: the pushes of several concepts add up.
+  The default η = 1 (ESD's) was chosen on the built-in model, 8 seeds, 25 steps, all unrelated prompts,
+  with the siblings preserved in every caption form (``closed_form.sibling_captions``): red alone at
+  η = 0.75 / 1 / 1.25 / 1.5 left red in 0 % of red prompts and orange (the sibling red spills onto) kept its
+  color in 0.52 (η 0.75 before the sibling captions) / 0.75 / 0.73 / 0.70 of its prompts (unedited 0.85),
+  with the shapes of red prompts kept 0.94 / 0.95 / 0.89 at η 1 / 1.25 / 1.5 (η 1.5: specificity 0.97 over
+  all 80 unrelated prompts; red + blue + "by Riley" in one job 0.97, every concept at most 1.5 %).
 * **Guide = the concept's siblings when known.** On the built-in model, "red" is guided to the centroid
   of "green", "blue", ... (the same prompt about the other members of its group, from world.json),
   i.e. "some other color", which keeps the rest of the prompt (the shape) intact. Real models have no
@@ -58,7 +60,7 @@ PARAMS = (
     ParamSpec("target", "choice", "steer-away",
               "replace maps the concept onto its guide (the paper); steer-away also pushes it away from the "
               "concept so the prior cannot bring it back.", choices=("steer-away", "replace")),
-    ParamSpec("away", "float", 0.75,
+    ParamSpec("away", "float", 1.0,
               "How far steer-away pushes past the guide, in units of the concept's own direction (0 = replace).",
               minimum=0.0, maximum=4.0),
     ParamSpec("default_guide", "choice", "siblings",

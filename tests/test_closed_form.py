@@ -149,6 +149,20 @@ def test_siblings_and_preserve_come_from_the_world(model):
     assert any(p.startswith("a orange ") and "by " in p for p in cf.expand_preserve(model, ["orange"], ["red"]))
 
 
+def test_siblings_are_preserved_in_every_caption_form(model):
+    captions = cf.sibling_captions(model, "red")
+    # every template that holds a color, with the other slots filled from the world
+    for caption in ("a orange star by Kusama", "painted by Vasarely, a green circle", "one blue square",
+                    "a purple object in the style of Riley", "something yellow"):
+        assert caption in captions
+    assert not any(cf.related_to(model, c, ["red"]) for c in captions)
+    assert "a red circle by Riley" in cf.sibling_captions(model, "by Kusama")
+    assert cf.sibling_captions(model, "a shape") == []
+    # erased together, one target's siblings that name another target are not preserved
+    preserve = cf.expand_preserve(model, [], ["red", "blue"])
+    assert "a orange star by Kusama" in preserve and not cf.related_to(model, " ".join(preserve), ["red", "blue"])
+
+
 def test_rece_and_speed_change_the_right_weights(model):
     rece = erase(model, EraseRequest("rece", ["red"]))
     assert rece.manifest["params"]["epochs"] == 1 and rece.manifest["params"]["embedding_reg"] == 0.1
