@@ -386,10 +386,12 @@ def build_preserve(model: Any, targets: list[str], explicit: list[str], use_voca
     return [p for p in _unique(pool) if not named.search(p.lower())]
 
 
-def expand_preserve(model: Any, preserve: list[str], targets: list[str], concept_type: str = "object") -> list[str]:
+def expand_preserve(model: Any, preserve: list[str], targets: list[str], concept_type: str = "object",
+                    siblings: bool = True) -> list[str]:
     """Preserve concepts inside the same caption templates the targets are erased in, so that what is
     protected is the concept *in context* ("a orange circle"), not only the bare word. Expanded prompts that
     mention a target (e.g. "a red circle" from the shape "circle" while erasing red) are dropped.
+    ``siblings``: also every caption form naming a sibling of a target (``sibling_captions``).
 
     Only where the model's own caption templates are known (the built-in model): on a real model the
     preserve list is typically hundreds of entries, and multiplying it by generic templates would cost
@@ -399,7 +401,7 @@ def expand_preserve(model: Any, preserve: list[str], targets: list[str], concept
     out: list[str] = []
     for concept in preserve:
         out += concept_prompts(model, concept, concept_type)
-    for target in targets:
+    for target in targets if siblings else []:
         out += sibling_captions(model, target)
     named = concept_pattern(model, targets)
     return [p for p in _unique(out) if not named.search(p.lower())]
