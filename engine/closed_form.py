@@ -414,7 +414,7 @@ def sibling_captions(model: Any, concept: str) -> list[str]:
 
     A concept's nearest sibling is where an erasure spills: erasing red drew orange yellow in styled captions,
     whose tokens the few preserved templates did not cover (orange's color 0.85 → 0.52, 8 seeds; with its
-    siblings preserved in every caption form 0.73 at the same red erasure)."""
+    siblings preserved in every caption form 0.75, red still erased)."""
     info = concept_info(model, concept)
     if _world(model) is None or info is None:
         return []
@@ -423,7 +423,7 @@ def sibling_captions(model: Any, concept: str) -> list[str]:
 
 @lru_cache(maxsize=64)
 def _sibling_captions(group: str, member: str) -> tuple[str, ...]:
-    from engine.shapesworld import _fill, load_world
+    from engine.shapesworld import fill_caption, load_world
 
     world = load_world()
     slots = {"color": list(world["colors"]), "shape": list(world["shapes"]),
@@ -437,7 +437,7 @@ def _sibling_captions(group: str, member: str) -> tuple[str, ...]:
             for slot in ("color", "shape", "style"):
                 if slot != group and "{" + slot + "}" in template:
                     fills = [f | {slot: v} for f in fills for v in slots[slot]]
-            out += [_fill(template, **f) for f in fills]
+            out += [fill_caption(template, **f) for f in fills]
     return tuple(_unique(out))
 
 

@@ -123,7 +123,8 @@ def style_phrases(style: str) -> list[str]:
     return list(load_world()["styles"][style]["phrasings"])
 
 
-def _fill(template: str, color: str = "", shape: str = "", style: str = "") -> str:
+def fill_caption(template: str, color: str = "", shape: str = "", style: str = "") -> str:
+    """A caption from one of world.json's templates, spacing and a leading comma tidied."""
     text = template.format(color=color, shape=shape, style=style)
     text = " ".join(text.split())
     return text.replace(" ,", ",").strip(", ")
@@ -157,7 +158,7 @@ def sample_example(rng: np.random.Generator) -> tuple[Scene, str]:
     c_word = color if rng.random() < 0.5 else pick(color_words(color))
     s_word = shape if rng.random() < 0.5 else pick(shape_words(shape))
     st_word = pick(style_phrases(style)) if style != "solid" else ""
-    caption = _fill(template, color=c_word, shape=s_word, style=st_word)
+    caption = fill_caption(template, color=c_word, shape=s_word, style=st_word)
     return Scene(color, shape, style), caption
 
 

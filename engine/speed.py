@@ -44,7 +44,7 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
 * the siblings' every caption form, which UCE preserves since it lifted orange's color after red's erasure
   from 0.52 to 0.75, are not retained here, and the push stays at η = 0.75 (UCE's is 1): with them
   (and η 1) red + blue + by Riley left red in 14 % with specificity 0.89, at threshold 0.3 red 1 % but
-  orange lost its color entirely (0.73), against 5 % and 0.90 without them (8 seeds, all 48 unrelated prompts);
+  orange lost its color entirely (specificity 0.73), against 5 % and 0.90 without them (8 seeds, all 48 unrelated prompts);
   more retained rows leave the null space too thin for the edit;
 * the target is UCE's ``steer-away`` with sibling guides (see engine/uce.py; ``target=replace`` +
   ``default_guide=empty`` is the reference), and targets are expanded into a few prompts; as in UCE, a
