@@ -83,6 +83,9 @@ PARAMS = (
     ParamSpec("concept_type", "choice", "object",
               "Object or art: picks the expansion templates for real models (art uses 'painting by X', ...).",
               choices=("object", "art")),
+    ParamSpec("preserve_siblings", "bool", True,
+              "Also preserve the concept's siblings (other colors, shapes, styles) in every caption form of the "
+              "built-in model, where an erasure spills most."),
     ParamSpec("preserve_vocabulary", "bool", True,
               "Also preserve a sample of the model's own vocabulary (world words, or the bundled common list)."),
     ParamSpec("vocabulary_sample", "int", 300,
@@ -144,7 +147,7 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
     preserve = cf.build_preserve(model, targets, list(request.preserve), params["preserve_vocabulary"],
                                  params["vocabulary_sample"])
     if params["expand"]:
-        preserve = cf.expand_preserve(model, preserve, targets, params["concept_type"])
+        preserve = cf.expand_preserve(model, preserve, targets, params["concept_type"], params["preserve_siblings"])
     scale = params["preserve_scale"] or (max(0.1, 1.0 / len(preserve)) if preserve else 0.0)
     return UcePlan(targets, guides, preserve, erase_prompts, erase_guides, scale, replace_only)
 
