@@ -158,8 +158,8 @@ def write_markdown(results: list[dict], dial: list[dict], seeds: int) -> None:
         f"defaults, {seeds} seeds (unless the seeds column says otherwise), 25 DDIM steps, guidance 5, judged by `engine/judge.py`. The prompt suite "
         f"(`engine.evaluate.compact_suite`) holds every plain prompt naming an erased concept (canonical word → "
         "efficacy, synonyms / other phrasings → generality) and the unrelated prompts counted in the \"unrelated\" "
-        "column (specificity: their accuracy relative to the unedited model; rows measured on a sample of 24 "
-        "under-sample orange and read high, see the notes). Efficacy and generality: share of images that still show the "
+        "column, every combination prompt naming none of the erased concepts (specificity: their accuracy relative to "
+        "the unedited model). Efficacy and generality: share of images that still show the "
         "concept, lower is better. Specificity is also given per attribute (e.g. the color accuracy of the "
         "untouched prompts, relative). \"Kept\": the other attributes of the target prompts (e.g. the shape of a red "
         "circle) relative to the unedited model. Method time measured on this 2-core CPU in the same run."),
