@@ -415,10 +415,8 @@ def sibling_captions(model: Any, concept: str) -> list[str]:
     A concept's nearest sibling is where an erasure spills: erasing red drew orange yellow in styled captions,
     whose tokens the few preserved templates did not cover (orange's color 0.85 → 0.52, 8 seeds; with its
     siblings preserved in every caption form 0.75, red still erased)."""
-    info = concept_info(model, concept)
-    if _world(model) is None or info is None:
-        return []
-    return list(_sibling_captions(info.group, info.member))
+    info = concept_info(model, concept)  # None for real models too
+    return list(_sibling_captions(info.group, info.member)) if info is not None else []
 
 
 @lru_cache(maxsize=64)
