@@ -76,6 +76,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # esd-x spills onto orange too (24 unrelated prompts, 16 seeds: specificity 0.83); lr 1e-4 / 1.5e-4 gave 0.84 / 0.83,
 # and the sibling colors as preserve prompts 0.96 with red left in 17% (8 seeds); with them at lr 4.5e-4 / 6e-4,
 # red 11% / 3% and specificity 0.94 / 0.89, orange's color 0.84 → 0.25 / 0.22 in both: a trade, not a fix.
+# The sibling colors in every caption form of the built-in model as preserve prompts (715, the set that fixed UCE's
+# spill) did not hold orange either: red 0% (drawn orange), orange's color 0.83 → 0.17 (4 seeds, red and orange
+# prompts); erasing red inside its 11 caption forms as well left red in 56% and orange at 0.02.
 # Also tried and not kept (8 seeds, 24 unrelated prompts): erasing red inside the model's captions ("a red circle",
 # "a red star by Kusama", ...) steered away from the same caption about its siblings instead of the empty prompt, with
 # each caption's sibling twin held on its own sampled latents: red 0%, shapes of red prompts kept, but red became
