@@ -165,7 +165,7 @@ def test_siblings_are_preserved_in_every_caption_form(model):
 
 def test_rece_and_speed_change_the_right_weights(model):
     rece = erase(model, EraseRequest("rece", ["red"]))
-    assert rece.manifest["params"]["epochs"] == 1 and rece.manifest["params"]["embedding_reg"] == 0.3
+    assert rece.manifest["params"]["epochs"] == 1 and rece.manifest["params"]["embedding_reg"] == 1.0
     assert erase(model, EraseRequest("rece", ["by Kusama"])).manifest["params"]["concept_type"] == "art"
     speed = erase(model, EraseRequest("speed", ["red", "blue", "by Riley"]))
     assert speed.deltas and all(".to_v." in n for n in speed.deltas)
