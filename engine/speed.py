@@ -194,9 +194,10 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
         plan.preserve = cf.expand_preserve(model, plan.preserve, plan.targets, params["concept_type"], siblings=False)
     pipe = model.pipe
     rows = cf.erase_rows(pipe, plan.erase_prompts, plan.erase_guides, params["tokens"])
-    eta = params["away"] if params["target"] == "steer-away" else 0.0
     e = rows.erase.to(torch.float64)
-    t = uce_mod.steer_targets(rows, eta, plan.replace_only).to(torch.float64)
+    # SPEED's one η serves styles too
+    t = uce_mod.steer_targets(rows, uce_mod.prompt_etas(model, plan, uce_params | {"style_away": params["away"]}))
+    t = t.to(torch.float64)
     s_tt = e.T @ e / e.shape[0]
     s_at = t.T @ e / e.shape[0]
     d = s_tt.shape[0]

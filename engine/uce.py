@@ -30,7 +30,9 @@ Deliberate deviations from the reference, each an option that can be switched ba
   with the shapes of red prompts kept 0.94 / 0.95 / 0.89 at η 1 / 1.25 / 1.5 (η 1.5: specificity 0.97 over
   all 80 unrelated prompts; red + blue + "by Riley" in one job 0.97, every concept at most 1.5 %).
   Styles prefer less: "by Kusama" at η 1 / 0.75 had specificity 0.93 (16 seeds) / 0.96 (8 seeds) over all 72
-  unrelated prompts, other styles' prompts drawn less often in their own style.
+  unrelated prompts, other styles' prompts drawn less often in their own style. So a style's prompts get
+  their own η, ``style_away`` = 0.75 (a target is a style when the built-in model lists it as one, or when a
+  real model's request has ``concept_type=art``); in a mixed job each target's prompts keep their own η.
 * **Guide = the concept's siblings when known.** On the built-in model, "red" is guided to the centroid
   of "green", "blue", ... (the same prompt about the other members of its group, from world.json),
   i.e. "some other color", which keeps the rest of the prompt (the shape) intact. Real models have no
@@ -65,6 +67,9 @@ PARAMS = (
     ParamSpec("away", "float", 1.0,
               "How far steer-away pushes past the guide, in units of the concept's own direction (0 = replace).",
               minimum=0.0, maximum=4.0),
+    ParamSpec("style_away", "float", 0.75,
+              "The same push for styles (art): the styles a style is sent to are drawn less faithfully, so a "
+              "smaller push keeps other styles' prompts intact.", minimum=0.0, maximum=4.0),
     ParamSpec("default_guide", "choice", "siblings",
               "The guide when you give none: the concept's siblings (other colors, shapes, styles) where the "
               "model knows them, else the empty prompt.", choices=("siblings", "empty")),
@@ -106,6 +111,7 @@ class UcePlan:
     preserve_scale: float
     # per erase prompt: map it exactly onto its guide (the guide is one concrete sibling, e.g. "orange")
     replace_only: list[bool]
+    prompt_target: list[int]  # per erase prompt: the index of its target
 
 
 def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
@@ -126,7 +132,8 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
     erase_prompts: list[str] = []
     erase_guides: list[list[str]] = []
     replace_only: list[bool] = []
-    for target, parts in zip(targets, guides):
+    prompt_target: list[int] = []
+    for index, (target, parts) in enumerate(zip(targets, guides)):
         single_sibling = len(parts) == 1 and is_sibling(model, parts[0], target)
         # A concept mapped exactly onto one sibling is mapped in the plain captions only: mapped in the styled
         # ones too, five colors sent onto orange tied orange's styled prompts to theirs (orange's color right in
@@ -140,6 +147,7 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
         prompts = [p for p in prompts if p == target or not cf.related_to(model, p, others)]
         for prompt in prompts:
             replace_only.append(single_sibling)
+            prompt_target.append(index)
             erase_prompts.append(prompt)
             # the guide of an expanded prompt is the same prompt with the concept swapped for the guide;
             # a guide prompt that is itself a full prompt (not a word) replaces the bare concept only
@@ -149,7 +157,7 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
     if params["expand"]:
         preserve = cf.expand_preserve(model, preserve, targets, params["concept_type"], params["preserve_siblings"])
     scale = params["preserve_scale"] or (max(0.1, 1.0 / len(preserve)) if preserve else 0.0)
-    return UcePlan(targets, guides, preserve, erase_prompts, erase_guides, scale, replace_only)
+    return UcePlan(targets, guides, preserve, erase_prompts, erase_guides, scale, replace_only, prompt_target)
 
 
 def is_sibling(model: Any, guide: str, target: str) -> bool:
@@ -158,22 +166,35 @@ def is_sibling(model: Any, guide: str, target: str) -> bool:
     return a is not None and b is not None and a.group == b.group and a.member != b.member
 
 
-def steer_targets(rows: cf.EraseSet, eta: float, exact: list[bool] | None = None) -> torch.Tensor:
+def is_style(model: Any, target: str, params: dict[str, Any]) -> bool:
+    """A style of the built-in model, or any concept of an art request on a real model."""
+    info = cf.concept_info(model, target)
+    return info.group == "style" if info is not None else params["concept_type"] == "art"
+
+
+def prompt_etas(model: Any, uce: UcePlan, params: dict[str, Any]) -> list[float]:
+    """η per erase prompt: 0 for ``replace`` and for prompts mapped exactly onto one sibling, ``style_away``
+    for a style's prompts, ``away`` otherwise."""
+    if params["target"] != "steer-away":
+        return [0.0] * len(uce.erase_prompts)
+    per_target = [params["style_away"] if is_style(model, t, params) else params["away"] for t in uce.targets]
+    return [0.0 if exact else per_target[i] for i, exact in zip(uce.prompt_target, uce.replace_only)]
+
+
+def steer_targets(rows: cf.EraseSet, etas: list[float]) -> torch.Tensor:
     """Embedding-space targets t (v* = W t) per erase row: (1 + η) c_g − η c_e, i.e. the guide pushed η times
-    the concept's own direction further away; rows of prompts marked ``exact`` map onto the guide (η = 0)."""
-    away = torch.full((rows.erase.shape[0], 1), float(eta), dtype=rows.erase.dtype, device=rows.erase.device)
-    if exact is not None:
-        away[torch.tensor(exact, dtype=torch.bool)[rows.prompt_index].to(away.device)] = 0.0
+    the concept's own direction further away, with η of the row's prompt (``prompt_etas``)."""
+    away = torch.tensor(etas, dtype=rows.erase.dtype, device=rows.erase.device)[rows.prompt_index.to(rows.erase.device)]
+    away = away.unsqueeze(1)
     return (1.0 + away) * rows.guide - away * rows.erase
 
 
 def uce_statistics(model: Any, uce: UcePlan, params: dict[str, Any]) -> cf.Statistics:
     """Accumulate the d×d statistics of the erase pairs (with the chosen target) and the preserve prompts."""
     pipe = model.pipe
-    eta = params["away"] if params["target"] == "steer-away" else 0.0
     rows = cf.erase_rows(pipe, uce.erase_prompts, uce.erase_guides, params["tokens"])
     stats = cf.Statistics(rows.erase.shape[1], device=rows.erase.device)
-    stats.add_erase(rows.erase, steer_targets(rows, eta, uce.replace_only))
+    stats.add_erase(rows.erase, steer_targets(rows, prompt_etas(model, uce, params)))
     if uce.preserve:
         stats.add_preserve(cf.preserve_rows(pipe, uce.preserve, "all"))
     return stats

@@ -232,6 +232,20 @@ def test_expanded_prompts_of_one_target_never_name_another(model):
     assert not any("riley" in p.lower() for p in red_prompts)
 
 
+
+def test_styles_are_pushed_by_their_own_eta(model):
+    from engine import uce
+    from engine.methods import get_method
+
+    params = get_method("uce").resolve_params({"away": 1.25, "style_away": 0.5})
+    plan = uce.plan(model, EraseRequest("uce", ["red", "by Riley"], params=params), params)
+    etas = dict(zip(plan.erase_prompts, uce.prompt_etas(model, plan, params)))
+    assert etas["red"] == 1.25 and etas["by Riley"] == 0.5
+    assert set(uce.prompt_etas(model, plan, params | {"target": "replace"})) == {0.0}
+    # on a real model the request's concept type says what a style is
+    assert uce.is_style(model, "a painter nobody knows", params | {"concept_type": "art"})
+    assert not uce.is_style(model, "a painter nobody knows", params)
+
 def test_speed_maps_a_concept_exactly_onto_a_single_sibling_guide(model):
     # "red → orange" must land on orange, not be pushed past it (towards yellow): steer-away and replace agree
     away = erase(model, EraseRequest("speed", ["red"], guides=["orange"]))
