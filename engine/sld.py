@@ -23,6 +23,14 @@ only about 65 % of unrelated prompts. Relative to the siblings the direction is 
 another color", which steers colors without erasing shapes. Real models have no sibling list, so
 they use the paper's direction.
 
+Measured limit on the built-in model (red, 4 seeds, the red prompts and 16 unrelated ones): the damage to
+unrelated prompts does not follow how hard red is steered. STRONG kept 78 % of them (red left in 3 %), MEDIUM
+78 % (red left in 81 %), STRONG at half strength 86 % (red back in every image), MAX 78 %, STRONG without the
+threshold 80 %; in each, Vasarely's and yellow's prompts lost their style or color. With guidance off the
+sampling path is bit-identical to the pipeline's, so it is the guidance itself: STRONG drew "a green square
+by Vasarely" red in 3 of 6 seeds (the paper's direction: 4 of 6). In this small UNet the element-wise safety
+term is not a clean "less red" direction, so no preset reaches 90 % specificity.
+
 Choices made here:
 - The preset warm-up is counted at 50 sampling steps (the SLD default) and scaled to the
   request's step count, so WEAK (15 of 50) still acts with 25 steps (8 of 25) instead of
