@@ -131,7 +131,6 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
 
     pipe = model.pipe
     gram = weight_gram(model, projections).to(right.device)
-    preserve = cf.preserve_rows(pipe, plan.preserve, "all") if plan.preserve else None
     # The original erase rows stay in every step with their *current* (already erased) values as the
     # target, so a step that adds the adversarial embeddings cannot loosen the erasure of the concept
     # itself. (Re-deriving their steer-away target from the current weights would pull them back.)
@@ -144,8 +143,8 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
         step.add_erase(base_rows.erase, base_rows.erase)
         # the reference's step: c′ maps onto the guide's current values, v* = W′ c_g
         step.add_erase(adv, base_rows.guide)
-        if preserve is not None:
-            step.add_preserve(preserve)
+        # the same preserve prompts as the UCE start, so its preserve statistic serves every step unchanged
+        step.cpp, step.preserve_tokens = stats.cpp, stats.preserve_tokens
         g_step = cf.solve_right_factor(step, params["step_lamb"], params["step_erase_scale"],
                                        params["step_preserve_scale"])
         right = right @ (eye + g_step)

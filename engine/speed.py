@@ -182,8 +182,9 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     which = {"values": "v", "keys": "k", "keys-and-values": "kv"}[params["edit"]]
     projections = cf.cross_attention_projections(model.pipe, which)
     progress(Progress("erase", 0, len(projections), "Encoding concepts"))
+    # SPEED's one η serves styles too
     uce_params = {p.name: p.default for p in uce_mod.PARAMS} | {k: params[k] for k in _SHARED} | {
-        "tokens": params["tokens"]}
+        "tokens": params["tokens"], "style_away": params["away"]}
     plan = uce_mod.plan(model, request, uce_params)
     # The retain set is the bare concepts (one last-subject token each), as in the reference: the null space
     # of a template-expanded set would leave the update almost no room in a narrow text encoder.
@@ -195,9 +196,7 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     pipe = model.pipe
     rows = cf.erase_rows(pipe, plan.erase_prompts, plan.erase_guides, params["tokens"])
     e = rows.erase.to(torch.float64)
-    # SPEED's one η serves styles too
-    t = uce_mod.steer_targets(rows, uce_mod.prompt_etas(model, plan, uce_params | {"style_away": params["away"]}))
-    t = t.to(torch.float64)
+    t = uce_mod.steer_targets(rows, uce_mod.prompt_etas(model, plan, uce_params)).to(torch.float64)
     s_tt = e.T @ e / e.shape[0]
     s_at = t.T @ e / e.shape[0]
     d = s_tt.shape[0]

@@ -232,7 +232,6 @@ def test_expanded_prompts_of_one_target_never_name_another(model):
     assert not any("riley" in p.lower() for p in red_prompts)
 
 
-
 def test_styles_are_pushed_by_their_own_eta(model):
     from engine import uce
     from engine.methods import get_method
@@ -245,6 +244,7 @@ def test_styles_are_pushed_by_their_own_eta(model):
     # on a real model the request's concept type says what a style is
     assert uce.is_style(model, "a painter nobody knows", params | {"concept_type": "art"})
     assert not uce.is_style(model, "a painter nobody knows", params)
+
 
 def test_speed_maps_a_concept_exactly_onto_a_single_sibling_guide(model):
     # "red → orange" must land on orange, not be pushed past it (towards yellow): steer-away and replace agree
