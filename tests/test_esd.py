@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from engine.closed_form import encode_prompts
 from engine.edits import EditDelta
-from engine.esd import trainable_names
+from engine.esd import project_text_deltas, projection_factor, trainable_names
 from engine.generate import GenerationRequest, generate
 from engine.jobs import Cancelled, CancelToken, Progress
 from engine.judge import judge_images
@@ -62,9 +63,10 @@ def test_variants_registered_with_tooltips():
 
 def test_parameter_sets(builtin_model):
     unet = builtin_model.pipe.unet
-    x, strict, u = (trainable_names(unet, v) for v in ("esd-x", "esd-x-strict", "esd-u"))
+    x, strict, u = (trainable_names(unet, v, train_output=False) for v in ("esd-x", "esd-x-strict", "esd-u"))
     all_attn2 = {n for n, _ in unet.named_parameters() if ".attn2." in n}
-    assert set(x) == all_attn2
+    assert set(trainable_names(unet, "esd-x")) == all_attn2, "the paper's esd-x: every attn2 weight"
+    assert set(x) == {n for n in all_attn2 if ".to_out." not in n}
     assert strict and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in strict)
     assert set(strict) < set(x)
     assert u and not any("attn2" in n for n in u)
@@ -84,7 +86,7 @@ def test_esd_x_erases_red_and_leaves_model_untouched(model, tmp_path):
     assert any(r.eta_s is not None for r in reports)
 
     assert edit.method == "esd-x" and edit.manifest["concepts"]["targets"] == ["red"]
-    assert set(edit.deltas) == {f"unet.{n}" for n in trainable_names(model.pipe.unet, "esd-x")}
+    assert set(edit.deltas) == {f"unet.{n}" for n in trainable_names(model.pipe.unet, "esd-x", train_output=False)}
     assert all(d.dtype == torch.float32 for d in edit.deltas.values())
     assert any(float(d.abs().max()) > 0 for d in edit.deltas.values())
 
@@ -105,6 +107,23 @@ def test_esd_x_erases_red_and_leaves_model_untouched(model, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(edited, again))
     model.stack.remove(-1)
     assert weights_hash(model) == before_hash
+
+
+def test_preserve_projection_keeps_the_concept_and_spares_its_siblings(builtin_model):
+    """A key/value change is kept on red's tokens and taken off orange's and blue's; other layers are untouched."""
+    factor = projection_factor(builtin_model, ["red"], [], 0.1)
+    delta = torch.randn(64, factor.shape[0], generator=torch.Generator().manual_seed(0))
+    names = ("unet.down.attn2.to_k.weight", "unet.down.attn2.to_q.weight")
+    projected = project_text_deltas(dict.fromkeys(names, delta), factor)
+    assert torch.equal(projected[names[1]], delta)
+    enc = encode_prompts(builtin_model.pipe, ["a red circle", "a crimson star by Kusama", "a orange star by Kusama",
+                                              "a orange circle", "a blue square"])
+    kept = []
+    for i in range(5):
+        token = enc.embeds[i, enc.subject_index(i)]
+        kept.append(float((projected[names[0]] @ token).norm() / (delta @ token).norm()))
+    assert min(kept[:2]) > 0.4, kept  # red and its synonym keep most of the change
+    assert max(kept[2:4]) < 0.25 and kept[4] < 0.1, kept  # its nearest sibling and a far one lose most of it
 
 
 @pytest.mark.parametrize("variant,cancel_at", [("esd-x", 3), ("esd-u", 25)])
