@@ -53,10 +53,12 @@ def test_direction_is_measured_from_the_siblings_where_known(model):
     assert both == ["green", "yellow", "purple", "orange"]
     assert sld_edit(model, "a lighthouse").manifest["inference"]["reference"] == [""]
     assert sld_edit(model, direction="empty").manifest["inference"]["reference"] == [""]
-    # edits made before the option existed keep the paper's direction
+    # edits made before the options existed keep the paper's direction and mask
     inference = dict(sld_edit(model).manifest["inference"])
-    del inference["reference"]
-    assert SldSettings.from_manifest(inference, 1.0).reference == ("",)
+    assert inference["mask"] == "symmetric" and inference["mask_width"] == 0.1
+    del inference["reference"], inference["mask"]
+    settings = SldSettings.from_manifest(inference, 1.0)
+    assert settings.reference == ("",) and settings.mask == "signed"
 
 
 def test_warmup_is_scaled_to_the_step_count():
@@ -77,7 +79,7 @@ def test_manual_loop_matches_the_pipeline_when_guidance_is_inactive(model):
     loop must reproduce the pipeline's images, so every change SLD makes comes from the guidance."""
     request = GenerationRequest("a blue star", seeds=SEEDS[:2], steps=10)
     plain = pixels(generate(model, request))
-    model.stack.push(sld_edit(model, threshold=0.0, momentum_scale=0.0), 1.0)
+    model.stack.push(sld_edit(model, mask="signed", threshold=0.0, momentum_scale=0.0), 1.0)
     model.stack.entries[-1].edit.manifest["inference"]["threshold"] = -1e9  # mask every element
     masked = pixels(generate(model, request))
     assert all(np.abs(a - b).max() <= 2 for a, b in zip(plain, masked))
@@ -93,6 +95,25 @@ def test_strong_sld_steers_away_from_red_but_keeps_blue(model):
     after_blue = [v.color for v in judge_images(generate(model, blue))]
     assert base_red >= 3 and after_red <= base_red - 2, (base_red, after_red)
     assert sum(a == b for a, b in zip(after_blue, base_blue)) >= 3
+
+
+def test_symmetric_mask_spares_an_unrelated_prompt(model):
+    """The paper's signed mask guides unrelated prompts wherever the concept's prediction is the larger, which
+    adds a one-sided half of the concept's direction to them (here it wipes the image); the symmetric mask
+    does not."""
+    request = GenerationRequest("a yellow triangle by Riley", seeds=SEEDS, steps=15)
+
+    def verdicts() -> list[tuple[str, str, str]]:
+        return [(v.color, v.shape, v.style) for v in judge_images(generate(model, request))]
+
+    base = verdicts()
+    model.stack.push(sld_edit(model), 1.0)
+    symmetric = verdicts()
+    model.stack.clear()
+    model.stack.push(sld_edit(model, mask="signed"), 1.0)
+    signed = verdicts()
+    kept = [sum(a == b for a, b in zip(after, base)) for after in (symmetric, signed)]
+    assert kept[0] >= 3 and kept[0] > kept[1], (base, symmetric, signed)
 
 
 def test_several_entries_combine_and_strength_scales(model):
