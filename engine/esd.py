@@ -112,6 +112,11 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # siblings (eta 1) red stayed in 95% and orange still fell to 0.38: the damage to orange comes with training the
 # cross-attention of every prompt at this learning rate, not with how far red is pushed. What fixed it is the
 # preserve projection and the untrained output projection (module docstring).
+# esd-u, tried and not kept: the preserve projection in each layer's own input space (Δ' = Δ C_e (C_e + s C_p +
+# λI)⁻¹, C over the layer's input activations, or its 3×3 patches for convolutions, while generating red's caption
+# forms and 16 of its siblings' captions). Red and orange prompts, 4 seeds: unprojected red 6 %, orange 0.83 → 0.03;
+# s = 1: red 25 %, orange 0.19; s = 3: red 75 %, orange 0.36. Outside cross-attention their activations do not
+# separate, which is the same limit the preserve prompts met above.
 DEFAULT_LR = {"esd-x": 3e-4, "esd-x-strict": 1e-3, "esd-u": 4e-5}
 
 

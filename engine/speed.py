@@ -46,6 +46,10 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   (and η 1) red + blue + by Riley left red in 14 % with specificity 0.89, at threshold 0.3 red 1 % but
   orange lost its color entirely (specificity 0.73), against 5 % and 0.90 without them (8 seeds, all 48 unrelated prompts);
   more retained rows leave the null space too thin for the edit;
+* tried and not kept: ESD-x's preserve projection applied to SPEED's value change (keep it on the targets'
+  tokens, take it off their siblings' captions; ``engine.esd.projection_factor``). Red + blue + by Riley, 4 seeds,
+  all 48 unrelated prompts: specificity 0.87 → 1.01 / 0.99 / 0.95 at preserve weight 0.1 / 0.03 / 0.01, but red
+  came back in 14 / 11 / 10 % (1 % without it); blue and by Riley stayed at 0 %;
 * the target is UCE's ``steer-away`` with sibling guides (see engine/uce.py; ``target=replace`` +
   ``default_guide=empty`` is the reference), and targets are expanded into a few prompts; as in UCE, a
   concept whose guide is one concrete sibling ("red → orange") is mapped exactly onto it, not past it.
