@@ -262,10 +262,11 @@ def projection_factor(model: Any, targets: list[str], preserve: list[str], prese
 
 def project_text_deltas(deltas: dict[str, torch.Tensor], factor: torch.Tensor) -> dict[str, torch.Tensor]:
     """Right-multiply every cross-attention key/value delta (the layers that read text tokens) by ``factor``."""
+    factor = factor.to("cpu", torch.float64)
     out = dict(deltas)
     for name, delta in deltas.items():
         if name.endswith((".attn2.to_k.weight", ".attn2.to_v.weight")):
-            out[name] = (delta.to(torch.float64) @ factor.to(torch.float64).cpu()).to(torch.float32)
+            out[name] = (delta.to(torch.float64) @ factor).to(torch.float32)
     return out
 
 

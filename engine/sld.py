@@ -183,10 +183,10 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     settings = resolve_settings(request.params)
     concept = ", ".join(request.targets)
     reference = reference_prompts(model, request.targets, request.params.get("direction", "siblings"))
-    mask = {"mask": request.params["mask"], "mask_width": float(request.params["mask_width"])}
     edit = EditDelta.create(model.pipe, {}, "sld", concepts={"targets": list(request.targets)},
                             params=dict(request.params),
-                            inference={"concept": concept, "reference": reference, **mask, **settings})
+                            inference={"concept": concept, "reference": reference, "mask": request.params["mask"],
+                                       "mask_width": float(request.params["mask_width"]), **settings})
     reporter.step("Safe guidance ready")
     return edit
 
