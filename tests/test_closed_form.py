@@ -181,6 +181,32 @@ def test_speed_keeps_the_empty_prompt_invariant(model):
         assert (delta @ k2).norm() <= 1e-3 * (base @ k2).norm(), name
 
 
+def test_speed_soft_preserve_holds_retained_siblings_closer(model):
+    """The optional soft preserve term moves a retained sibling's tokens less, and IEC still holds."""
+    from engine.speed import invariant_keys
+
+    sibling = cf.encode_prompts(model.pipe, ["a orange circle", "a green square"])
+    tokens = torch.cat([sibling.embeds[i, 2:n] for i, n in enumerate(sibling.lengths)])
+    k2 = invariant_keys(model.pipe).to(torch.float32)
+
+    def relative_change(edit: EditDelta) -> float:
+        num = den = 0.0
+        for name, delta in edit.deltas.items():
+            base = model.stack.original(name).to(torch.float32)
+            num += float((tokens @ delta.T).pow(2).sum())
+            den += float((tokens @ base.T).pow(2).sum())
+        return (num / den) ** 0.5
+
+    targets = ["red", "blue", "by Riley"]
+    hard = erase(model, EraseRequest("speed", targets, params={"away": 1.0, "retain_scale": 0.002}))
+    soft = erase(model, EraseRequest("speed", targets, params={"away": 1.0, "retain_scale": 0.002,
+                                                                "soft_preserve": 1.0}))
+    assert relative_change(soft) < 0.8 * relative_change(hard)
+    for name, delta in soft.deltas.items():
+        base = model.stack.original(name).to(torch.float32)
+        assert (delta @ k2).norm() <= 1e-3 * (base @ k2).norm(), name
+
+
 def test_mass_erasure_runs_in_constant_memory(model):
     concepts = [f"thing number {i}" for i in range(40)] + ["red", "star"]
     for method in ("uce", "speed"):
