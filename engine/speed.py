@@ -56,8 +56,8 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   6.7 % against 9.8 % for orange prompts overall and 13.5 % for red's); with the soft term 4.2 % (UCE 3.8 %).
   Red + blue + by Riley, 4 seeds, all 48 unrelated prompts, soft_preserve 1, α 0.002, η 1: red 6.0 %, blue and
   by Riley 0 %, synonyms 0 %, specificity 0.949 (threshold 0.3: red 5.0 %, 0.937); with α 0.05: red 37 %,
-  specificity 0.956. Orange's color still fell (0.82 → 0.49), as with every closed-form edit here. Not measured
-  at 16 seeds yet, so not the default;
+  specificity 0.956. Orange's color still fell (0.82 → 0.49; UCE on the same suite: red 1.0 %, specificity 0.975,
+  orange 0.69), so it stays below UCE and is not the default;
 * the target is UCE's ``steer-away`` with sibling guides (see engine/uce.py; ``target=replace`` +
   ``default_guide=empty`` is the reference), and targets are expanded into a few prompts; as in UCE, a
   concept whose guide is one concrete sibling ("red → orange") is mapped exactly onto it, not past it.
