@@ -204,11 +204,11 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     uce_params = {p.name: p.default for p in uce_mod.PARAMS} | {k: params[k] for k in _SHARED} | {
         "tokens": params["tokens"], "style_away": params["away"]}
     plan = uce_mod.plan(model, request, uce_params)
+    soft_preserve = plan.preserve  # UCE's preserve set (siblings in every caption form), for ``soft_preserve``
     # The retain set is the bare concepts (one last-subject token each), as in the reference: the null space
     # of a template-expanded set would leave the update almost no room in a narrow text encoder.
-    bare_preserve = cf.build_preserve(model, plan.targets, list(request.preserve), params["preserve_vocabulary"],
+    plan.preserve = cf.build_preserve(model, plan.targets, list(request.preserve), params["preserve_vocabulary"],
                                       params["vocabulary_sample"])
-    plan.preserve = bare_preserve
     if params["retain_in_context"]:
         # without the siblings' every caption form, which UCE preserves: for SPEED they thin the null space
         plan.preserve = cf.expand_preserve(model, plan.preserve, plan.targets, params["concept_type"], siblings=False)
@@ -226,12 +226,10 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     retain_mode = "all" if params["tokens"] == "subject-to-end" else "last-subject"
     retain = cf.preserve_rows(pipe, plan.preserve, retain_mode).to(torch.float64) if plan.preserve else None
     s_pp = None
-    if params["soft_preserve"] > 0:
+    if params["soft_preserve"] > 0 and soft_preserve:
         # UCE's preserve term, normalised like S_tt (UCE weighs summed preserve rows against summed erase rows)
-        soft = cf.expand_preserve(model, bare_preserve, plan.targets, params["concept_type"], siblings=True)
-        if soft:
-            soft_rows = cf.preserve_rows(pipe, soft, "all").to(torch.float64)
-            s_pp = params["soft_preserve"] * uce_params["preserve_scale"] * (soft_rows.T @ soft_rows) / e.shape[0]
+        soft_rows = cf.preserve_rows(pipe, soft_preserve, "all").to(torch.float64)
+        s_pp = params["soft_preserve"] * plan.preserve_scale * (soft_rows.T @ soft_rows) / e.shape[0]
     k2 = invariant_keys(pipe).to(s_tt.device) if params["use_iec"] else None
     generator = torch.Generator("cpu").manual_seed(int(request.seed))
     reporter = ProgressReporter(progress, "erase", len(projections), cancel)
