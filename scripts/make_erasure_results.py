@@ -6,6 +6,7 @@ compact suite: every prompt naming an erased concept plus the unrelated ones, 16
 steps, guidance 5) and saves a before/after grid to docs/erasure/<row>.png.
 
 Usage: python scripts/make_erasure_results.py [--rows uce-red,esd-x-red] [--seeds 16] [--others N]
+       python scripts/make_erasure_results.py --render-only   (after editing erasure-results-notes.md)
 
 By default every combination prompt naming none of the erased concepts is an unrelated prompt (48 to 80 per
 row); ``--others N`` takes an even sample of N instead (faster, but a sample of 24 under-sampled orange, the
@@ -210,7 +211,14 @@ def main() -> None:
     parser.add_argument("--others", type=int, default=ALL_UNRELATED,
                         help="unrelated prompts per row (default: all of them)")
     parser.add_argument("--no-dial", action="store_true")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the markdown from the last measured figures and the notes; measure nothing")
     args = parser.parse_args()
+    if args.render_only:
+        old = json.loads((DOCS / "erasure-results.json").read_text())
+        write_markdown(old["rows"], old.get("dial", []), args.seeds)
+        print(f"wrote {DOCS / 'erasure-results.md'}")
+        return
     wanted = set(filter(None, args.rows.split(",")))
     model = load_model("builtin", device="cpu")
     seeds = list(range(args.seeds))
