@@ -85,6 +85,7 @@ window = MainWindow()
 window.show()
 window.start("builtin")
 wait_for(lambda: window.state.model is not None and window.state.engine_ready, "the model")
+window.controller.set_preview_settings(steps=8)  # short previews, as in the in-process GUI tests
 window.concept_editor.add_concept("red", "color")
 window.controller.set_method("uce")
 window.controller.set_param("vocabulary_sample", 20)
