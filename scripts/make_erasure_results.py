@@ -214,22 +214,19 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the markdown from the last measured figures and the notes; measure nothing")
     args = parser.parse_args()
-    if args.render_only:
-        old = json.loads((DOCS / "erasure-results.json").read_text())
-        write_markdown(old["rows"], old.get("dial", []), args.seeds)
-        print(f"wrote {DOCS / 'erasure-results.md'}")
-        return
-    wanted = set(filter(None, args.rows.split(",")))
-    model = load_model("builtin", device="cpu")
-    seeds = list(range(args.seeds))
-    results = []
-    for row in ROWS:
-        if wanted and row.key not in wanted:
-            continue
-        print(f"== {row.key}", flush=True)
-        results.append(run_row(model, row, seeds, args.others))
-        print(json.dumps(results[-1]["erased"]), results[-1]["specificity"], flush=True)
-    dial = [] if args.no_dial else strength_dial(model, seeds)
+    results: list[dict] = []
+    dial: list[dict] = []
+    if not args.render_only:
+        wanted = set(filter(None, args.rows.split(",")))
+        model = load_model("builtin", device="cpu")
+        seeds = list(range(args.seeds))
+        for row in ROWS:
+            if wanted and row.key not in wanted:
+                continue
+            print(f"== {row.key}", flush=True)
+            results.append(run_row(model, row, seeds, args.others))
+            print(json.dumps(results[-1]["erased"]), results[-1]["specificity"], flush=True)
+        dial = [] if args.no_dial else strength_dial(model, seeds)
     # Rows not re-run this time keep their last measured figures (one file for all methods).
     previous = DOCS / "erasure-results.json"
     if previous.is_file():
