@@ -55,16 +55,22 @@ def test_direction_is_measured_from_the_siblings_where_known(model):
     assert sld_edit(model, direction="empty").manifest["inference"]["reference"] == [""]
     # edits made before the options existed keep the paper's direction and mask
     inference = dict(sld_edit(model).manifest["inference"])
-    assert inference["mask"] == "symmetric" and inference["mask_width"] == 0.1
-    del inference["reference"], inference["mask"]
+    assert inference["mask"] == "symmetric" and inference["mask_width"] == 0.1 and inference["gate"] == "siblings"
+    assert SldSettings.from_manifest(inference, 1.0).gated
+    del inference["reference"], inference["mask"], inference["gate"]
     settings = SldSettings.from_manifest(inference, 1.0)
-    assert settings.reference == ("",) and settings.mask == "signed"
+    assert settings.reference == ("",) and settings.mask == "signed" and settings.gate == "none"
+    assert not SldSettings.from_manifest({**inference, "gate": "siblings"}, 1.0).gated  # no siblings: no gate
 
 
 def test_warmup_is_scaled_to_the_step_count():
     weak = SldSettings("x", **PRESETS["weak"])
     assert weak.warmup_for(50) == 15 and weak.warmup_for(25) == 8 and weak.warmup_for(10) == 3
     assert SldSettings("x", **PRESETS["max"]).warmup_for(25) == 0
+    # the gate is decided when STRONG's warm-up ends, and delays guidance for a preset without one
+    strong = SldSettings("x", **PRESETS["strong"], reference=("y", "z"), gate="siblings")
+    assert strong.first_guided_step(25) == strong.warmup_for(25) == 4 and list(strong.gate_steps(25)) == [4, 5, 6]
+    assert SldSettings("x", **PRESETS["max"], reference=("y", "z"), gate="siblings").first_guided_step(25) == 4
 
 
 def test_strength_zero_is_identical_to_no_sld(model):
@@ -107,13 +113,33 @@ def test_symmetric_mask_spares_an_unrelated_prompt(model):
         return [(v.color, v.shape, v.style) for v in judge_images(generate(model, request))]
 
     base = verdicts()
-    model.stack.push(sld_edit(model), 1.0)
+    model.stack.push(sld_edit(model, gate="none"), 1.0)  # the mask alone, without the gate
     symmetric = verdicts()
     model.stack.clear()
-    model.stack.push(sld_edit(model, mask="signed"), 1.0)
+    model.stack.push(sld_edit(model, mask="signed", gate="none"), 1.0)
     signed = verdicts()
     kept = [sum(a == b for a, b in zip(after, base)) for after in (symmetric, signed)]
     assert kept[0] >= 3 and kept[0] > kept[1], (base, symmetric, signed)
+
+
+def test_gate_keeps_a_sibling_the_mask_alone_steers(model):
+    """Orange's prediction is element-wise as close to red's as red prompts' own, so the mask alone guides it too
+    (drawn yellow); the gate sees that it leans to orange, not red, and leaves it alone. Red is still steered."""
+    orange = GenerationRequest("an image of a orange circle", seeds=SEEDS, steps=15)
+    red = GenerationRequest("a red circle", seeds=SEEDS, steps=15)
+
+    def colors(request: GenerationRequest) -> list[str]:
+        return [v.color for v in judge_images(generate(model, request))]
+
+    base = colors(orange)
+    model.stack.push(sld_edit(model, gate="none"), 1.0)
+    ungated = colors(orange)
+    model.stack.clear()
+    model.stack.push(sld_edit(model), 1.0)
+    gated = colors(orange)
+    kept = [sum(a == b for a, b in zip(after, base)) for after in (gated, ungated)]
+    assert base.count("orange") >= 3 and kept[0] >= 3 and kept[0] > kept[1], (base, gated, ungated)
+    assert colors(red).count("red") <= 1
 
 
 def test_several_entries_combine_and_strength_scales(model):
