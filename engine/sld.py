@@ -146,7 +146,7 @@ class SldSettings:
         return self.gate == "siblings" and self.reference != ("",)
 
     def first_guided_step(self, steps: int) -> int:
-        """The warm-up, or with the gate the step it is decided at if that comes later."""
+        """The warm-up, or with the gate the first step it is asked at if that comes later."""
         warmup = self.warmup_for(steps)
         return max(warmup, math.ceil(GATE_FRACTION * steps)) if self.gated else warmup
 
@@ -194,7 +194,7 @@ PARAMS = (
               "With the symmetric mask: how close, element by element, the prompt's prediction must be to the "
               "concept's to be guided.", 0.0, 10.0),
     ParamSpec("gate", "choice", "siblings",
-              "siblings guides only the images whose prediction, when the warm-up ends, points at the concept "
+              "siblings guides only the images whose prediction, in the steps after the warm-up, points at the concept "
               "rather than at any of its siblings (with the siblings direction); none guides every image, as the "
               "paper does.", choices=GATES),
 )
@@ -296,7 +296,7 @@ def generate_with_sld(pipe: Any, entries: list[Any], common: dict[str, Any], on_
     blocks = 2 + len(settings) + len(references)
     starts = [s.first_guided_step(steps) for s in settings]
     gate_steps = [s.gate_steps(steps) for s in settings]
-    # Each sibling's own embedding, for the gate (evaluated once, at the step the gate is decided).
+    # Each sibling's own embedding, for the gate (evaluated at the steps the gate is asked).
     siblings = [_embed(pipe, list(s.reference)).to(dtype) if s.gated else None for s in settings]
     gates: list[torch.Tensor | None] = [None] * len(settings)
     momenta: list[torch.Tensor | None] = [None] * len(settings)
