@@ -282,22 +282,25 @@ def generate_with_sld(pipe: Any, entries: list[Any], common: dict[str, Any], on_
     uncond = _embed(pipe, list(negative))
     concepts = _embed(pipe, [s.concept for s in settings])
     # A reference of ("",) is the unconditional prediction itself (block 0); others get a block of their own.
+    # The gate compares each sibling's own prediction, so the siblings' embeddings are kept per entry.
     references: list[torch.Tensor] = []
     reference_block: list[int] = []
+    siblings: list[torch.Tensor | None] = []
     for s in settings:
         if s.reference == ("",):
             reference_block.append(0)
+            siblings.append(None)
         else:
             reference_block.append(2 + len(settings) + len(references))
-            references.append(_embed(pipe, list(s.reference)).mean(0, keepdim=True))
+            embedded = _embed(pipe, list(s.reference))
+            references.append(embedded.mean(0, keepdim=True))
+            siblings.append(embedded.to(dtype) if s.gated else None)
     # Rows: unconditional, prompt, one block per safety concept, then one per sibling reference.
     embeddings = torch.cat([uncond, text, *[c.expand(batch, -1, -1) for c in concepts.split(1)],
                             *[r.expand(batch, -1, -1) for r in references]]).to(dtype)
     blocks = 2 + len(settings) + len(references)
     starts = [s.first_guided_step(steps) for s in settings]
     gate_steps = [s.gate_steps(steps) for s in settings]
-    # Each sibling's own embedding, for the gate (evaluated at the steps the gate is asked).
-    siblings = [_embed(pipe, list(s.reference)).to(dtype) if s.gated else None for s in settings]
     gates: list[torch.Tensor | None] = [None] * len(settings)
     momenta: list[torch.Tensor | None] = [None] * len(settings)
 
