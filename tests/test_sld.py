@@ -55,12 +55,19 @@ def test_direction_is_measured_from_the_siblings_where_known(model):
     assert sld_edit(model, direction="empty").manifest["inference"]["reference"] == [""]
     # edits made before the options existed keep the paper's direction and mask
     inference = dict(sld_edit(model).manifest["inference"])
-    assert inference["mask"] == "symmetric" and inference["mask_width"] == 0.1 and inference["gate"] == "siblings"
+    assert inference["mask"] == "symmetric" and inference["mask_width"] == 0.3 and inference["gate"] == "siblings"
     assert SldSettings.from_manifest(inference, 1.0).gated
     del inference["reference"], inference["mask"], inference["gate"]
     settings = SldSettings.from_manifest(inference, 1.0)
     assert settings.reference == ("",) and settings.mask == "signed" and settings.gate == "none"
     assert not SldSettings.from_manifest({**inference, "gate": "siblings"}, 1.0).gated  # no siblings: no gate
+
+
+def test_mask_width_defaults_by_gate(model):
+    """The wider mask is the default only where the gate keeps the guidance off images that are not about the concept."""
+    assert sld_edit(model, gate="none").manifest["inference"]["mask_width"] == 0.1
+    assert sld_edit(model, direction="empty").manifest["inference"]["mask_width"] == 0.1  # no siblings, no gate
+    assert sld_edit(model, mask_width=0.2).manifest["inference"]["mask_width"] == 0.2
 
 
 def test_warmup_is_scaled_to_the_step_count():
