@@ -1,0 +1,92 @@
+"""Spot check outside the evaluation suite: is the erased concept gone in every caption form of the built-in model?
+
+The suite's color and shape prompts are plain captions ("a red circle"); a quarter of the model's training
+captions also name a style ("by Vasarely, a crimson circle"). For each row ``method:concept[:anchor]`` this
+erases the concept with the method's defaults and counts, over every caption template of world.json (each
+filled with the concept's words, shapes and style phrasings in turn), the images that still show it, and the
+same for its nearest sibling (which should keep showing itself). Results are counts of images, the styled
+captions separately. Findings are kept in docs/erasure-results-notes.md.
+
+Usage: python scripts/caption_spot_check.py unedited:red uce:red esd-x:red ca:red:blue [--seeds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.generate import GenerationRequest, generate
+from engine.judge import judge_images
+from engine.methods import EraseRequest, erase
+from engine.model import load_model
+from engine.shapesworld import load_world
+
+
+def caption_sets(world: dict) -> dict[str, tuple[str, dict[str, list[str]]]]:
+    """Per checkable concept: the judged attribute and, per judged value, its prompts (concept, then a sibling)."""
+    shapes, colors = list(world["shapes"]), list(world["colors"])
+    phrasings = [p for s in world["styles"].values() for p in s["phrasings"]]
+    t = world["templates"]
+
+    def colors_in(words: list[str]) -> list[str]:
+        forms = t["color_shape"] + t["color_shape_style"] + t["color_only"]
+        return [f.format(color=w, shape=shapes[(a + b) % len(shapes)], style=phrasings[(a * 5 + b) % len(phrasings)])
+                for a, w in enumerate(words) for b, f in enumerate(forms)]
+
+    def shapes_in(words: list[str]) -> list[str]:
+        forms = t["color_shape"] + t["color_shape_style"] + t["shape_only"]
+        return [f.format(shape=w, color=colors[(a + b) % len(colors)], style=phrasings[(a * 5 + b) % len(phrasings)])
+                for a, w in enumerate(words) for b, f in enumerate(forms)]
+
+    def styles_in(words: list[str]) -> list[str]:
+        forms = t["color_shape_style"] + [t["shape_only"][2], t["color_only"][2]] + t["style_only"]
+        return [f.format(style=w, color=colors[(a + b) % len(colors)], shape=shapes[(a + b) % len(shapes)])
+                for a, w in enumerate(words) for b, f in enumerate(forms)]
+
+    styles = world["styles"]
+    return {
+        "red": ("color", {"red": colors_in(["red", *world["colors"]["red"]["synonyms"]]),
+                          "orange": colors_in(["orange", *world["colors"]["orange"]["synonyms"]])}),
+        "star": ("shape", {"star": shapes_in(["star", *world["shapes"]["star"]["synonyms"]]),
+                           "square": shapes_in(["square", *world["shapes"]["square"]["synonyms"]])}),
+        "by Kusama": ("style", {"kusama": styles_in(styles["kusama"]["phrasings"]),
+                                "riley": styles_in(styles["riley"]["phrasings"])}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="+", help="method:concept[:anchor], method 'unedited' for the base model")
+    parser.add_argument("--seeds", type=int, default=4)
+    args = parser.parse_args()
+    model = load_model()
+    sets = caption_sets(load_world())
+    seeds = list(range(args.seeds))
+    for row in args.rows:
+        method, concept, *anchors = row.split(":")
+        if concept not in sets:
+            parser.error(f"{concept!r} is not checkable; use one of {', '.join(sets)}")
+        started = time.perf_counter()
+        model.stack.clear()
+        if method != "unedited":
+            model.stack.push(erase(model, EraseRequest(method, [concept], anchors=anchors)), 1.0)
+        kind, prompts_by_value = sets[concept]
+        counts = []
+        for value, prompts in prompts_by_value.items():
+            shown = styled = styled_total = 0
+            for prompt in prompts:
+                verdicts = judge_images(generate(model, GenerationRequest(prompt, seeds=seeds, steps=25)))
+                hits = sum(v.shows(kind, value) for v in verdicts)
+                shown += hits
+                if "by " in prompt or "style" in prompt:
+                    styled, styled_total = styled + hits, styled_total + len(verdicts)
+            counts.append(f"{value} {shown}/{len(prompts) * len(seeds)} (styled {styled}/{styled_total})")
+        print(f"{row}: {'; '.join(counts)}  [{time.perf_counter() - started:.0f} s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
