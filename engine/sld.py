@@ -342,8 +342,9 @@ def generate_with_sld(pipe: Any, entries: list[Any], common: dict[str, Any], on_
                 momenta[k] = torch.zeros_like(safety)
             safety = safety + s.momentum_scale * momenta[k]
             momenta[k] = s.momentum_beta * momenta[k] + (1 - s.momentum_beta) * safety
-            if i in gate_steps[k]:
-                # latched: an image is guided from the first step at which it leans to the concept
+            if i in gate_steps[k] and (gates[k] is None or not bool(gates[k].all())):
+                # latched: an image is guided from the first step at which it leans to the concept, so once every
+                # image leans the siblings' passes are not needed any more
                 leans = _leans_to_concept(unet, model_input[:batch], t, eps_uncond, eps_text, eps_concept,
                                           siblings[k])
                 gates[k] = leans if gates[k] is None else torch.maximum(gates[k], leans)

@@ -32,29 +32,28 @@ def caption_sets(world: dict) -> dict[str, tuple[str, dict[str, list[str]]]]:
     phrasings = [p for s in world["styles"].values() for p in s["phrasings"]]
     t = world["templates"]
 
-    def colors_in(words: list[str]) -> list[str]:
-        forms = t["color_shape"] + t["color_shape_style"] + t["color_only"]
-        return [f.format(color=w, shape=shapes[(a + b) % len(shapes)], style=phrasings[(a * 5 + b) % len(phrasings)])
-                for a, w in enumerate(words) for b, f in enumerate(forms)]
+    pools = {"color": colors, "shape": shapes, "style": phrasings}
 
-    def shapes_in(words: list[str]) -> list[str]:
-        forms = t["color_shape"] + t["color_shape_style"] + t["shape_only"]
-        return [f.format(shape=w, color=colors[(a + b) % len(colors)], style=phrasings[(a * 5 + b) % len(phrasings)])
-                for a, w in enumerate(words) for b, f in enumerate(forms)]
+    def fill(forms: list[str], slot: str, words: list[str]) -> list[str]:
+        """Each word in each form; the other slots cycle through their pools (styles faster, per word)."""
+        out = []
+        for a, word in enumerate(words):
+            for b, form in enumerate(forms):
+                values = {k: pool[((a * 5 if k == "style" else a) + b) % len(pool)] for k, pool in pools.items()}
+                out.append(form.format(**(values | {slot: word})))
+        return out
 
-    def styles_in(words: list[str]) -> list[str]:
-        forms = t["color_shape_style"] + [t["shape_only"][2], t["color_only"][2]] + t["style_only"]
-        return [f.format(style=w, color=colors[(a + b) % len(colors)], shape=shapes[(a + b) % len(shapes)])
-                for a, w in enumerate(words) for b, f in enumerate(forms)]
-
+    color_forms = t["color_shape"] + t["color_shape_style"] + t["color_only"]
+    shape_forms = t["color_shape"] + t["color_shape_style"] + t["shape_only"]
+    style_forms = t["color_shape_style"] + [t["shape_only"][2], t["color_only"][2]] + t["style_only"]
     styles = world["styles"]
     return {
-        "red": ("color", {"red": colors_in(["red", *world["colors"]["red"]["synonyms"]]),
-                          "orange": colors_in(["orange", *world["colors"]["orange"]["synonyms"]])}),
-        "star": ("shape", {"star": shapes_in(["star", *world["shapes"]["star"]["synonyms"]]),
-                           "square": shapes_in(["square", *world["shapes"]["square"]["synonyms"]])}),
-        "by Kusama": ("style", {"kusama": styles_in(styles["kusama"]["phrasings"]),
-                                "riley": styles_in(styles["riley"]["phrasings"])}),
+        "red": ("color", {"red": fill(color_forms, "color", ["red", *world["colors"]["red"]["synonyms"]]),
+                          "orange": fill(color_forms, "color", ["orange", *world["colors"]["orange"]["synonyms"]])}),
+        "star": ("shape", {"star": fill(shape_forms, "shape", ["star", *world["shapes"]["star"]["synonyms"]]),
+                           "square": fill(shape_forms, "shape", ["square", *world["shapes"]["square"]["synonyms"]])}),
+        "by Kusama": ("style", {"kusama": fill(style_forms, "style", styles["kusama"]["phrasings"]),
+                                "riley": fill(style_forms, "style", styles["riley"]["phrasings"])}),
     }
 
 
