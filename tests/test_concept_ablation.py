@@ -15,7 +15,7 @@ from engine.judge import judge_images
 from engine.methods import EraseRequest, erase, get_method
 
 SEEDS = [0, 1, 2, 3]
-FAST = {"iterations": 40, "anchor_images": 12, "sample_steps": 10, "batch_size": 4, "lr": 3e-3}
+FAST = {"iterations": 30, "anchor_images": 8, "sample_steps": 8, "batch_size": 4, "lr": 3e-3}
 
 
 def weights_hash(model) -> str:

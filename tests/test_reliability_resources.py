@@ -155,7 +155,7 @@ def test_thirty_erase_preview_undo_cycles_do_not_grow_memory(builtin_model) -> N
                                                  params={"vocabulary_sample": 40}))
         stack.push(edit, 1.0)
         for prompt in ("a red circle", "a blue square"):
-            generate(builtin_model, GenerationRequest(prompt, seeds=[cycle, cycle + 100], steps=6, preview_every=2))
+            generate(builtin_model, GenerationRequest(prompt, seeds=[cycle, cycle + 100], steps=3, preview_every=1))
         stack.restore(undo_to)  # undo: back to the snapshot before the erase
         del edit
         gc.collect()
