@@ -39,7 +39,9 @@ Deliberate deviations from the reference, each an option that can be switched ba
   such list: the guide is what the user gives (several guides separated by ';' give their centroid),
   else the empty prompt, as in the reference.
 * **Prompt expansion.** Each concept is erased in a few prompts (the model's own caption templates on
-  the built-in model; UCE's art prompts or neutral captions otherwise), as UCE's 2025 code does.
+  the built-in model; UCE's art prompts or neutral captions otherwise), as UCE's 2025 code does. A color
+  is also erased in every caption template cut right after it ("by Riley, a red"), so the edit reaches the
+  color's own token in each context, not only the words after it (``closed_form.caption_heads``).
 
 The edit is computed against the base weights, so it composes with other edits on the stack.
 """
@@ -139,8 +141,12 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
         # ones too, five colors sent onto orange tied orange's styled prompts to theirs (orange's color right in
         # 76 % of its prompts against 84 % plain-only and 85 % unedited, 8 seeds; styled red/blue prompts
         # were erased either way).
-        prompts = (cf.concept_prompts(model, target, params["concept_type"], styled=not single_sibling)
-                   if params["expand"] else [target])
+        if not params["expand"]:
+            prompts = [target]
+        elif single_sibling:
+            prompts = cf.concept_prompts(model, target, params["concept_type"], styled=False)
+        else:
+            prompts = cf.concept_prompts(model, target, params["concept_type"]) + cf.caption_heads(model, target)
         # an expanded prompt that also names another target ("a red square by Riley" while erasing Riley too)
         # would have its guide re-assert that target
         others = [t for t in targets if t != target]

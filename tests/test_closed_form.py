@@ -108,6 +108,28 @@ def test_uce_on_red_erases_red_and_keeps_blue(model):
     assert _share(red, "shape", "circle") >= 0.5  # the object stays a circle
 
 
+def test_uce_reaches_a_color_inside_styled_captions(model):
+    """The color's own token is erased in every caption form (``closed_form.caption_heads``): before, red stayed
+    in "a picture of a scarlet triangle by Riley" in 4 of 4 images (25 steps)."""
+    from engine import uce
+    from engine.methods import get_method
+
+    heads = cf.caption_heads(model, "red")
+    assert {"a red", "one red", "a picture of a red", "by Riley, a red", "painted by Kusama, a red"} <= set(heads)
+    assert cf.caption_heads(model, "star") == [] and cf.caption_heads(model, "by Kusama") == []
+    params = get_method("uce").resolve_params({})
+    plan = uce.plan(model, EraseRequest("uce", ["red"], params=params), params)
+    assert set(heads) <= set(plan.erase_prompts)
+    index = plan.erase_prompts.index("by Riley, a red")
+    assert "by Riley, a orange" in plan.erase_guides[index]  # guided to the same head about a sibling
+    model.stack.push(erase(model, EraseRequest("uce", ["red"])))
+    try:
+        styled = _share(_verdicts(model, "a picture of a scarlet triangle by Riley", steps=25), "color", "red")
+    finally:
+        model.stack.clear()
+    assert styled <= 0.25
+
+
 def test_cancel_leaves_the_model_unchanged(model):
     before = _weights(model)
     token = CancelToken()
