@@ -329,10 +329,10 @@ def caption_heads(model: Any, color: str) -> list[str]:
     UCE edits from a prompt's last word on, so with the heads among its erase prompts the edit reaches the
     color's token in every caption form, not only the words after it. Without them red stayed in styled captions
     ("by Vasarely, a crimson circle"): UCE on red, 4 seeds, red/crimson/scarlet in all 12 color templates
-    (144 images, 48 styled) left red in 13 → 3 images (styled 12 → 3), orange kept its color in 73 → 71 of 96;
-    over the suite (all 80 unrelated prompts) synonyms 3.1 → 0 %, specificity 98.8 → 99.6 %, shapes of red
-    prompts kept 93.8 → 93.8 %. (ESD-x's preserve projection does not take them: red left 31 → 29, orange kept
-    90 → 86.)"""
+    (144 images, 48 styled) left red in 13 → 2 images (styled 12 → 2), orange kept its color in 73 → 71 of 96;
+    over the suite (16 seeds, all 80 unrelated prompts) red 2.3 → 0.8 %, synonyms 3.1 → 0.8 %, specificity
+    99.0 → 98.7 %, shapes of red prompts kept 94.2 → 93.4 %. (ESD-x's preserve projection does not take them:
+    red left 31 → 29, orange kept 90 → 86.)"""
     info = concept_info(model, color)
     return list(_color_heads(color)) if info is not None and info.group == "color" else []
 
