@@ -337,6 +337,22 @@ def caption_heads(model: Any, color: str) -> list[str]:
     return list(_color_heads(color)) if info is not None and info.group == "color" else []
 
 
+# Phrasings of a color outside the built-in model's caption templates, which always put the color after "a",
+# "something" or a style; users also write "orange circle" or "a circle colored orange".
+COLOR_PARAPHRASES = ("{color} {shape}", "a {shape} colored {color}")
+
+
+def color_paraphrases(model: Any, color: str) -> list[str]:
+    """The color in ``COLOR_PARAPHRASES`` with every shape of the built-in model ("red circle", "a star colored
+    red"); empty for other concepts and real models. UCE's ``paraphrases`` option erases the target and
+    preserves its siblings in these forms (see engine/uce.py)."""
+    info = concept_info(model, color)
+    world = _world(model)
+    if info is None or world is None or info.group != "color":
+        return []
+    return [t.format(color=color, shape=shape) for t in COLOR_PARAPHRASES for shape in world["shapes"]]
+
+
 @lru_cache(maxsize=64)
 def _color_heads(color: str) -> tuple[str, ...]:
     from engine.shapesworld import fill_caption, load_world

@@ -42,6 +42,14 @@ Deliberate deviations from the reference, each an option that can be switched ba
   the built-in model; UCE's art prompts or neutral captions otherwise), as UCE's 2025 code does. A color
   is also erased in every caption template cut right after it ("by Riley, a red"), so the edit reaches the
   color's own token in each context, not only the words after it (``closed_form.caption_heads``).
+* **Paraphrases** (``paraphrases``, off by default until every closed-form row is re-measured with it). The
+  built-in model's captions always put a color after "a", "something" or a style, so the preserve set never
+  holds "orange circle" or "a circle colored orange", and the edit spills there: UCE on red drew them yellow.
+  With the option a color target is also erased, and its sibling colors preserved, in ``COLOR_PARAPHRASES``
+  ("red circle", "a circle colored red", with every shape). Measured (4 seeds, 25 steps) on 10 red and 10 other
+  phrasings, most of them in neither set ("a square painted red", "a circle that is orange", "the orange
+  triangle"): red left in 2 / 40 images without the option and 2 / 40 with it (0 / 40 at away 1.5); the other
+  colors kept their color in 20 / 40 without it and 38 / 40 with it (unedited 36 / 40).
 
 The edit is computed against the base weights, so it composes with other edits on the stack.
 """
@@ -93,6 +101,9 @@ PARAMS = (
     ParamSpec("preserve_siblings", "bool", True,
               "Also preserve the concept's siblings (other colors, shapes, styles) in every caption form of the "
               "built-in model, where an erasure spills most."),
+    ParamSpec("paraphrases", "bool", False,
+              "Also erase a color, and preserve its sibling colors, in phrasings outside the built-in model's "
+              "captions ('red circle', 'a circle colored red'); without it those phrasings of the siblings spill."),
     ParamSpec("preserve_vocabulary", "bool", True,
               "Also preserve a sample of the model's own vocabulary (world words, or the bundled common list)."),
     ParamSpec("vocabulary_sample", "int", 300,
@@ -147,6 +158,8 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
             prompts = cf.concept_prompts(model, target, params["concept_type"], styled=False)
         else:
             prompts = cf.concept_prompts(model, target, params["concept_type"]) + cf.caption_heads(model, target)
+            if params["paraphrases"]:
+                prompts += cf.color_paraphrases(model, target)
         # an expanded prompt that also names another target ("a red square by Riley" while erasing Riley too)
         # would have its guide re-assert that target
         others = [t for t in targets if t != target]
@@ -162,6 +175,9 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
                                  params["vocabulary_sample"])
     if params["expand"]:
         preserve = cf.expand_preserve(model, preserve, targets, params["concept_type"], params["preserve_siblings"])
+    if params["expand"] and params["paraphrases"]:
+        siblings = [s for t in targets for s in cf.default_guides(model, t) if not cf.related_to(model, s, targets)]
+        preserve += [p for s in dict.fromkeys(siblings) for p in cf.color_paraphrases(model, s)]
     scale = params["preserve_scale"] or (max(0.1, 1.0 / len(preserve)) if preserve else 0.0)
     return UcePlan(targets, guides, preserve, erase_prompts, erase_guides, scale, replace_only, prompt_target)
 
