@@ -49,7 +49,11 @@ Deliberate deviations from the reference, each an option that can be switched ba
   ("red circle", "a circle colored red", with every shape). Measured (4 seeds, 25 steps) on 10 red and 10 other
   phrasings, most of them in neither set ("a square painted red", "a circle that is orange", "the orange
   triangle"): red left in 2 / 40 images without the option and 2 / 40 with it (0 / 40 at away 1.5); the other
-  colors kept their color in 20 / 40 without it and 38 / 40 with it (unedited 36 / 40).
+  colors kept their color in 20 / 40 without it and 38 / 40 with it (unedited 36 / 40). Over the evaluation
+  suite (4 seeds, all 80 unrelated prompts) the option needs the larger push: at away 1 red was left in 9.4 % of
+  red prompts (synonyms 6.2 %, specificity 101.2 %), at away 1.5 in 0 % (synonyms 0 %, specificity 100.8 %).
+  16 seeds at away 1.5: red 1.6 %, synonyms 1.6 %, specificity 101.1 %, shapes of red prompts kept 94.2 % (the
+  default: 0.8 / 0.8 / 98.7 %, shapes kept 93.4 %).
 
 The edit is computed against the base weights, so it composes with other edits on the stack.
 """
@@ -103,7 +107,8 @@ PARAMS = (
               "built-in model, where an erasure spills most."),
     ParamSpec("paraphrases", "bool", False,
               "Also erase a color, and preserve its sibling colors, in phrasings outside the built-in model's "
-              "captions ('red circle', 'a circle colored red'); without it those phrasings of the siblings spill."),
+              "captions ('red circle', 'a circle colored red'); without it those phrasings of the siblings spill. "
+              "Use it with away 1.5."),
     ParamSpec("preserve_vocabulary", "bool", True,
               "Also preserve a sample of the model's own vocabulary (world words, or the bundled common list)."),
     ParamSpec("vocabulary_sample", "int", 300,
