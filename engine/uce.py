@@ -44,7 +44,8 @@ Deliberate deviations from the reference, each an option that can be switched ba
   color's own token in each context, not only the words after it (``closed_form.caption_heads``).
 * **Paraphrases** (``paraphrases``, off by default until every closed-form row is re-measured with it). The
   built-in model's captions always put a color after "a", "something" or a style, so the preserve set never
-  holds "orange circle" or "a circle colored orange", and the edit spills there: UCE on red drew them yellow.
+  holds "orange circle" or "a circle colored orange", and the edit spills there: UCE on red drew them yellow
+  (or a yellowish orange the judge calls yellow).
   With the option a color target is also erased, and its sibling colors preserved, in ``COLOR_PARAPHRASES``
   ("red circle", "a circle colored red", with every shape). Measured (4 seeds, 25 steps) on 10 red and 10 other
   phrasings, most of them in neither set ("a square painted red", "a circle that is orange", "the orange
