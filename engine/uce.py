@@ -54,7 +54,9 @@ Deliberate deviations from the reference, each an option that can be switched ba
   suite (4 seeds, all 80 unrelated prompts) the option needs the larger push: at away 1 red was left in 9.4 % of
   red prompts (synonyms 6.2 %, specificity 101.2 %), at away 1.5 in 0 % (synonyms 0 %, specificity 100.8 %).
   16 seeds at away 1.5: red 1.6 %, synonyms 1.6 %, specificity 101.1 %, shapes of red prompts kept 94.2 % (the
-  default: 0.8 / 0.8 / 98.7 %, shapes kept 93.4 %).
+  default: 0.8 / 0.8 / 98.7 %, shapes kept 93.4 %). But red + blue + by Riley at away 1.5 (4 seeds) left red
+  in 15 % of red prompts (blue and by Riley 0 %, specificity 98.1 %; the default over 16 seeds: 0.5 %), so the
+  option is not yet a drop-in default.
 
 The edit is computed against the base weights, so it composes with other edits on the stack.
 """
