@@ -182,10 +182,8 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
     preserve = cf.build_preserve(model, targets, list(request.preserve), params["preserve_vocabulary"],
                                  params["vocabulary_sample"])
     if params["expand"]:
-        preserve = cf.expand_preserve(model, preserve, targets, params["concept_type"], params["preserve_siblings"])
-    if params["expand"] and params["paraphrases"]:
-        siblings = [s for t in targets for s in cf.default_guides(model, t) if not cf.related_to(model, s, targets)]
-        preserve += [p for s in dict.fromkeys(siblings) for p in cf.color_paraphrases(model, s)]
+        preserve = cf.expand_preserve(model, preserve, targets, params["concept_type"], params["preserve_siblings"],
+                                      params["paraphrases"])
     scale = params["preserve_scale"] or (max(0.1, 1.0 / len(preserve)) if preserve else 0.0)
     return UcePlan(targets, guides, preserve, erase_prompts, erase_guides, scale, replace_only, prompt_target)
 
