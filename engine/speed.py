@@ -200,9 +200,9 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     which = {"values": "v", "keys": "k", "keys-and-values": "kv"}[params["edit"]]
     projections = cf.cross_attention_projections(model.pipe, which)
     progress(Progress("erase", 0, len(projections), "Encoding concepts"))
-    # SPEED's one η serves styles too
+    # SPEED's one η serves styles and colors too; UCE's paraphrases are not measured with SPEED's null space
     uce_params = {p.name: p.default for p in uce_mod.PARAMS} | {k: params[k] for k in _SHARED} | {
-        "tokens": params["tokens"], "style_away": params["away"]}
+        "tokens": params["tokens"], "style_away": params["away"], "color_away": params["away"], "paraphrases": False}
     plan = uce_mod.plan(model, request, uce_params)
     soft_preserve = plan.preserve  # UCE's preserve set (siblings in every caption form), for ``soft_preserve``
     # The retain set is the bare concepts (one last-subject token each), as in the reference: the null space

@@ -33,6 +33,7 @@ Deliberate deviations from the reference, each an option that can be switched ba
   unrelated prompts, other styles' prompts drawn less often in their own style. So a style's prompts get
   their own η, ``style_away`` = 0.75 (a target is a style when the built-in model lists it as one, or when a
   real model's request has ``concept_type=art``); in a mixed job each target's prompts keep their own η.
+  The built-in model's colors get ``color_away`` = 1.5, which their paraphrases need (below).
 * **Guide = the concept's siblings when known.** On the built-in model, "red" is guided to the centroid
   of "green", "blue", ... (the same prompt about the other members of its group, from world.json),
   i.e. "some other color", which keeps the rest of the prompt (the shape) intact. Real models have no
@@ -42,21 +43,24 @@ Deliberate deviations from the reference, each an option that can be switched ba
   the built-in model; UCE's art prompts or neutral captions otherwise), as UCE's 2025 code does. A color
   is also erased in every caption template cut right after it ("by Riley, a red"), so the edit reaches the
   color's own token in each context, not only the words after it (``closed_form.caption_heads``).
-* **Paraphrases** (``paraphrases``, off by default until every closed-form row is re-measured with it). The
-  built-in model's captions always put a color after "a", "something" or a style, so the preserve set never
-  holds "orange circle" or "a circle colored orange", and the edit spills there: UCE on red drew them yellow
-  (or a yellowish orange the judge calls yellow).
-  With the option a color target is also erased, and its sibling colors preserved, in ``COLOR_PARAPHRASES``
-  ("red circle", "a circle colored red", with every shape). Measured (4 seeds, 25 steps) on 10 red and 10 other
-  phrasings, most of them in neither set ("a square painted red", "a circle that is orange", "the orange
-  triangle"): red left in 2 / 40 images without the option and 2 / 40 with it (0 / 40 at away 1.5); the other
-  colors kept their color in 20 / 40 without it and 38 / 40 with it (unedited 36 / 40). Over the evaluation
-  suite (4 seeds, all 80 unrelated prompts) the option needs the larger push: at away 1 red was left in 9.4 % of
-  red prompts (synonyms 6.2 %, specificity 101.2 %), at away 1.5 in 0 % (synonyms 0 %, specificity 100.8 %).
-  16 seeds at away 1.5: red 1.6 %, synonyms 1.6 %, specificity 101.1 %, shapes of red prompts kept 94.2 % (the
-  default: 0.8 / 0.8 / 98.7 %, shapes kept 93.4 %). But red + blue + by Riley at away 1.5 (4 seeds) left red
-  in 15 % of red prompts (blue and by Riley 0 %, specificity 98.1 %; the default over 16 seeds: 0.5 %), so the
-  option is not yet a drop-in default.
+* **Paraphrases** (``paraphrases``, on; colors of the built-in model only). The built-in model's captions always
+  put a color after "a", "something" or a style, so without it the preserve set never holds "orange circle" or
+  "a circle colored orange", and the edit spills there: UCE on red drew them yellow (or a yellowish orange the
+  judge calls yellow). With it a color target is also erased, and its sibling colors preserved, in
+  ``COLOR_PARAPHRASES`` ("red circle", "a circle colored red", with every shape). Measured with
+  ``scripts/phrasing_spot_check.py`` (4 seeds; six phrasings in neither set, such as "an orange triangle", "a
+  star painted orange", "a green-colored circle"; each kept color's unedited count 20-24 of 24): red alone left
+  red in 1 / 24 either way, and the other colors kept their color in 111 → 115 of 120 (orange 15 → 20 of 24,
+  unedited 20); red + blue + by Riley kept 72 → 82 of 96 (unedited 88).
+  The option needs a larger push for colors, ``color_away`` = 1.5 (1 when the option is off): the sibling colors
+  are now held in more phrasings, and at η 1 / 1.25 red alone was left in 9.4 % of the suite's red prompts
+  (4 seeds, all 80 unrelated prompts) / 12 % of its red prompts with styled ones (4 seeds), at 1.5 in 0 %.
+  16 seeds, all 80 unrelated prompts, η 1.5: red 1.6 %, synonyms 1.6 %, specificity 101.1 %, shapes of red
+  prompts kept 94.2 % (without the option at η 1: 0.8 / 0.8 / 98.7 %, 93.4 %).
+* **Prompts naming two targets** ("a red square by Riley" while erasing red and Riley) are erased with both
+  swapped for their guides, every pair ("a green square by Vasarely", ...), so the guide re-asserts neither.
+  Leaving them out instead (the earlier rule) let red come back in 15 % of red + Riley prompts once red was
+  also held in its paraphrases (red + blue + by Riley, 4 seeds); with both swapped 1 %.
 
 The edit is computed against the base weights, so it composes with other edits on the stack.
 """
@@ -87,6 +91,10 @@ PARAMS = (
     ParamSpec("style_away", "float", 0.75,
               "The same push for styles (art): the styles a style is sent to are drawn less faithfully, so a "
               "smaller push keeps other styles' prompts intact.", minimum=0.0, maximum=4.0),
+    ParamSpec("color_away", "float", 1.5,
+              "The same push for the built-in model's colors: with paraphrases on, each color is held in more "
+              "phrasings of its sibling colors, and a push of 1 left red in 9 % of red prompts.",
+              minimum=0.0, maximum=4.0),
     ParamSpec("default_guide", "choice", "siblings",
               "The guide when you give none: the concept's siblings (other colors, shapes, styles) where the "
               "model knows them, else the empty prompt.", choices=("siblings", "empty")),
@@ -108,10 +116,10 @@ PARAMS = (
     ParamSpec("preserve_siblings", "bool", True,
               "Also preserve the concept's siblings (other colors, shapes, styles) in every caption form of the "
               "built-in model, where an erasure spills most."),
-    ParamSpec("paraphrases", "bool", False,
+    ParamSpec("paraphrases", "bool", True,
               "Also erase a color, and preserve its sibling colors, in phrasings outside the built-in model's "
-              "captions ('red circle', 'a circle colored red'); without it those phrasings of the siblings spill. "
-              "Use it with away 1.5."),
+              "captions ('red circle', 'a circle colored red'); without it those phrasings of the siblings lose "
+              "their color (use color_away 1 then)."),
     ParamSpec("preserve_vocabulary", "bool", True,
               "Also preserve a sample of the model's own vocabulary (world words, or the bundled common list)."),
     ParamSpec("vocabulary_sample", "int", 300,
@@ -168,17 +176,15 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
             prompts = cf.concept_prompts(model, target, params["concept_type"]) + cf.caption_heads(model, target)
             if params["paraphrases"]:
                 prompts += cf.color_paraphrases(model, target)
-        # an expanded prompt that also names another target ("a red square by Riley" while erasing Riley too)
-        # would have its guide re-assert that target
-        others = [t for t in targets if t != target]
-        prompts = [p for p in prompts if p == target or not cf.related_to(model, p, others)]
+        others = [(t, g) for t, g in zip(targets, guides) if t != target]
         for prompt in prompts:
+            prompt_guides = guide_prompts(model, prompt, target, parts, others)
+            if prompt_guides is None:
+                continue
             replace_only.append(single_sibling)
             prompt_target.append(index)
             erase_prompts.append(prompt)
-            # the guide of an expanded prompt is the same prompt with the concept swapped for the guide;
-            # a guide prompt that is itself a full prompt (not a word) replaces the bare concept only
-            erase_guides.append([cf.substitute(prompt, target, g) for g in parts])
+            erase_guides.append(prompt_guides)
     preserve = cf.build_preserve(model, targets, list(request.preserve), params["preserve_vocabulary"],
                                  params["vocabulary_sample"])
     if params["expand"]:
@@ -186,6 +192,23 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
                                       params["paraphrases"])
     scale = params["preserve_scale"] or (max(0.1, 1.0 / len(preserve)) if preserve else 0.0)
     return UcePlan(targets, guides, preserve, erase_prompts, erase_guides, scale, replace_only, prompt_target)
+
+
+def guide_prompts(model: Any, prompt: str, target: str, parts: list[str],
+                  others: list[tuple[str, list[str]]]) -> list[str] | None:
+    """The guides of one erase prompt: the prompt with the target swapped for each guide part (a guide that is
+    itself a full prompt replaces the bare concept only). A prompt that also names other targets of the job
+    ("a red square by Riley" while erasing Riley too) has those swapped for their guides as well, every
+    combination, so its guide re-asserts none of them; None when another target is named only through a word
+    that cannot be swapped (a synonym), and the prompt is left out."""
+    variants = [prompt]
+    for other, other_parts in others:
+        if not cf.related_to(model, prompt, [other]):
+            continue
+        if cf.substitute(prompt, other, "") == " ".join(prompt.split()):
+            return None
+        variants = [cf.substitute(v, other, g) for v in variants for g in other_parts]
+    return [cf.substitute(v, target, g) for v in variants for g in parts]
 
 
 def is_sibling(model: Any, guide: str, target: str) -> bool:
@@ -200,12 +223,20 @@ def is_style(model: Any, target: str, params: dict[str, Any]) -> bool:
     return info.group == "style" if info is not None else params["concept_type"] == "art"
 
 
+def target_eta(model: Any, target: str, params: dict[str, Any]) -> float:
+    """The push of one target: ``style_away`` for a style, ``color_away`` for a built-in color, else ``away``."""
+    if is_style(model, target, params):
+        return params["style_away"]
+    info = cf.concept_info(model, target)
+    return params["color_away"] if info is not None and info.group == "color" else params["away"]
+
+
 def prompt_etas(model: Any, uce: UcePlan, params: dict[str, Any]) -> list[float]:
-    """η per erase prompt: 0 for ``replace`` and for prompts mapped exactly onto one sibling, ``style_away``
-    for a style's prompts, ``away`` otherwise."""
+    """η per erase prompt: 0 for ``replace`` and for prompts mapped exactly onto one sibling, else its
+    target's push (``target_eta``)."""
     if params["target"] != "steer-away":
         return [0.0] * len(uce.erase_prompts)
-    per_target = [params["style_away"] if is_style(model, t, params) else params["away"] for t in uce.targets]
+    per_target = [target_eta(model, t, params) for t in uce.targets]
     return [0.0 if exact else per_target[i] for i, exact in zip(uce.prompt_target, uce.replace_only)]
 
 
