@@ -202,10 +202,11 @@ def guide_prompts(model: Any, prompt: str, target: str, parts: list[str],
     combination, so its guide re-asserts none of them; None when another target is named only through a word
     that cannot be swapped (a synonym), and the prompt is left out."""
     variants = [prompt]
+    rest = cf.substitute(prompt, target, "")  # "hot dog" names "dog" only through the target itself
     for other, other_parts in others:
-        if not cf.related_to(model, prompt, [other]):
+        if not cf.related_to(model, rest, [other]):
             continue
-        if cf.substitute(prompt, other, "") == " ".join(prompt.split()):
+        if cf.substitute(rest, other, "") == rest:
             return None
         variants = [cf.substitute(v, other, g) for v in variants for g in other_parts]
     return [cf.substitute(v, target, g) for v in variants for g in parts]

@@ -304,6 +304,8 @@ def test_prompts_naming_two_targets_are_guided_away_from_both(model):
     assert not any(cf.related_to(model, g, ["red", "by Riley"]) for gs in guides.values() for g in gs)
     # a prompt naming another target only through a synonym cannot be swapped, so it is left out
     assert uce.guide_prompts(model, "a crimson square by Riley", "by Riley", ["by Kusama"], [("red", ["blue"])]) is None
+    # a target whose name holds another's is swapped whole
+    assert uce.guide_prompts(model, "a photo of a hot dog", "hot dog", ["cat"], [("dog", [""])]) == ["a photo of a cat"]
 
 
 def test_styles_and_colors_are_pushed_by_their_own_eta(model):
