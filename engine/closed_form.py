@@ -432,12 +432,13 @@ def build_preserve(model: Any, targets: list[str], explicit: list[str], use_voca
 
 
 def expand_preserve(model: Any, preserve: list[str], targets: list[str], concept_type: str = "object",
-                    siblings: bool = True, paraphrases: bool = False) -> list[str]:
+                    siblings: bool = True, paraphrased: tuple[str, ...] = ()) -> list[str]:
     """Preserve concepts inside the same caption templates the targets are erased in, so that what is
     protected is the concept *in context* ("a orange circle"), not only the bare word. Expanded prompts that
     mention a target (e.g. "a red circle" from the shape "circle" while erasing red) are dropped.
     ``siblings``: also every caption form naming a sibling of a target (``sibling_captions``).
-    ``paraphrases``: also a color target's sibling colors in ``COLOR_PARAPHRASES`` ("orange circle").
+    ``paraphrased``: the color targets whose sibling colors are also preserved in ``COLOR_PARAPHRASES``
+    ("orange circle" for red).
 
     Only where the model's own caption templates are known (the built-in model): on a real model the
     preserve list is typically hundreds of entries, and multiplying it by generic templates would cost
@@ -449,7 +450,7 @@ def expand_preserve(model: Any, preserve: list[str], targets: list[str], concept
         out += concept_prompts(model, concept, concept_type)
     for target in targets if siblings else []:
         out += sibling_captions(model, target)
-    for target in targets if paraphrases else []:
+    for target in paraphrased:
         out += [p for sibling in default_guides(model, target) for p in color_paraphrases(model, sibling)]
     named = concept_pattern(model, targets)
     return [p for p in _unique(out) if not named.search(p.lower())]

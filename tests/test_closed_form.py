@@ -144,6 +144,9 @@ def test_uce_paraphrases_keep_a_sibling_color_outside_the_captions(model):
     plan = uce.plan(model, EraseRequest("uce", ["red", "blue"], params=params), params)
     assert {"red circle", "a star colored blue"} <= set(plan.erase_prompts)
     assert "orange circle" in plan.preserve and "blue circle" not in plan.preserve
+    # a concept mapped exactly onto one sibling keeps the plain captions only, on both sides
+    onto = uce.plan(model, EraseRequest("uce", ["red"], guides=["orange"], params=params), params)
+    assert "red circle" not in onto.erase_prompts and "orange circle" not in onto.preserve
     model.stack.push(erase(model, EraseRequest("uce", ["red"])))
     try:
         orange = _share(_verdicts(model, "orange circle", steps=25), "color", "orange")
