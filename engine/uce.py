@@ -50,8 +50,8 @@ Deliberate deviations from the reference, each an option that can be switched ba
   ``COLOR_PARAPHRASES`` ("red circle", "a circle colored red", with every shape); not a target mapped exactly onto
   one sibling (five colors onto orange: with orange's paraphrases preserved, orange kept 94.6 % of its color
   against 98.2 %, 16 seeds). Measured with
-  ``scripts/phrasing_spot_check.py`` (4 seeds; six phrasings in neither set, such as "an orange triangle", "a
-  star painted orange", "a green-colored circle"; each kept color's unedited count 20-24 of 24): red alone left
+  ``scripts/phrasing_spot_check.py`` (4 seeds; six phrasings in neither set, such as "an orange circle", "a
+  triangle painted orange", "a orange-colored square"; each kept color's unedited count 20-24 of 24): red alone left
   red in 1 / 24 either way, and the other colors kept their color in 111 → 115 of 120 (orange 15 → 20 of 24,
   unedited 20); red + blue + by Riley kept 72 → 82 of 96 (unedited 88).
   The option needs a larger push for colors, ``color_away`` = 1.5 (1 when the option is off): the sibling colors
