@@ -129,6 +129,13 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # steps (high noise, where the color is decided) at lr 4e-5 / 2e-5 / 1e-5 / 3e-6: red 0 / 0 / 12 / 31 %,
 # specificity 0.65 / 0.67 / 0.62 / 0.73, orange 0.83 → 0.20 at 3e-6; the first 8 steps: red 6 %, 0.66; steps 30-50
 # only: red 69 %, 0.67; the first 15 with the sibling colors as preserve prompts (lr 2e-5): red 12 %, orange 0.11.
+# esd-x, tried and not kept (2026-12-02): the preserve projection also keeping the change on red's paraphrases ("red
+# circle", "a circle colored red") and taking it off the sibling colors' (UCE's ``paraphrases``). Off-template
+# phrasings (scripts/phrasing_spot_check.py, 4 seeds): other colors kept 104 → 105 of 120 (orange 14 → 20, yellow
+# 24 → 20; unedited 108); over the suite (16 seeds, all 80 unrelated prompts) red 0 → 0.8 %, specificity 99.3 → 96.3 %.
+# Transferring the trained change of the bare "red" token onto red's token in every caption form (its caption
+# heads, closed form as the projection) to reach styled captions: red left in 31 → 31 of 144 caption-form images
+# (heads) or 28 (heads and caption forms), orange kept 92 of 96 (scripts/caption_spot_check.py, 4 seeds).
 DEFAULT_LR = {"esd-x": 3e-4, "esd-x-strict": 1e-3, "esd-u": 4e-5}
 
 

@@ -8,7 +8,8 @@ images that show the color asked for. ``COLOR_PARAPHRASES`` forms (which UCE's `
 trains on) are counted separately from the phrasings no method saw. Findings are kept in
 docs/erasure-results-notes.md.
 
-Usage: python scripts/phrasing_spot_check.py unedited uce:red uce:red,paraphrases=false uce:red+blue+by Riley
+Usage: python scripts/phrasing_spot_check.py unedited uce:red uce:red,paraphrases=false uce:red+blue+by Riley \
+           ca:red,anchor=blue
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def main() -> None:
         started = time.perf_counter()
         model.stack.clear()
         if method != "unedited":
-            model.stack.push(erase(model, EraseRequest(method, concepts, params=dict(settings))), 1.0)
+            anchors = [settings.pop("anchor")] if "anchor" in settings else []  # Concept Ablation's "red → blue"
+            model.stack.push(erase(model, EraseRequest(method, concepts, anchors=anchors, params=dict(settings))), 1.0)
         cells = []
         totals = {"erased": [0, 0], "kept": [0, 0]}
         for color in colors:
