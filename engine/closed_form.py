@@ -337,6 +337,28 @@ def caption_heads(model: Any, color: str) -> list[str]:
     return list(_color_heads(color)) if info is not None and info.group == "color" else []
 
 
+def caption_forms(model: Any, color: str) -> list[tuple[str, str]]:
+    """(caption, the same caption without the color) for every color caption template of the built-in model,
+    each style phrasing in turn and the shapes cycling: ("by Riley, a red circle", "by Riley, a circle"), 44
+    for a color. Empty for other concepts and real models. ESD-x trains on them (``caption_forms``)."""
+    info = concept_info(model, color)
+    return list(_caption_forms(color)) if info is not None and info.group == "color" else []
+
+
+@lru_cache(maxsize=64)
+def _caption_forms(color: str) -> tuple[tuple[str, str], ...]:
+    from engine.shapesworld import fill_caption, load_world
+
+    world = load_world()
+    shapes = list(world["shapes"])
+    phrasings = [p for v in world["styles"].values() for p in v["phrasings"]]
+    fills = [(template, style) for ts in world["templates"].values() for template in ts if "{color}" in template
+             for style in (phrasings if "{style}" in template else [""])]
+    return tuple((fill_caption(template, color=color, shape=shapes[i % len(shapes)], style=style),
+                  fill_caption(template, shape=shapes[i % len(shapes)], style=style))
+                 for i, (template, style) in enumerate(fills))
+
+
 # Phrasings of a color outside the built-in model's caption templates, which always put the color after "a",
 # "something" or a style; users also write "orange circle" or "a circle colored orange".
 COLOR_PARAPHRASES = ("{color} {shape}", "a {shape} colored {color}")

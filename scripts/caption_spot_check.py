@@ -1,13 +1,14 @@
 """Spot check outside the evaluation suite: is the erased concept gone in every caption form of the built-in model?
 
 The suite's color and shape prompts are plain captions ("a red circle"); a quarter of the model's training
-captions also name a style ("by Vasarely, a crimson circle"). For each row ``method:concept[:anchor]`` this
-erases the concept with the method's defaults and counts, over every caption template of world.json (each
-filled with the concept's words, shapes and style phrasings in turn), the images that still show it, and the
-same for its nearest sibling (which should keep showing itself). Results are counts of images, the styled
-captions separately. Findings are kept in docs/erasure-results-notes.md.
+captions also name a style ("by Vasarely, a crimson circle"). For each row
+``method:concept[:anchor][,key=value...]`` this erases the concept with the method's defaults (and any given
+parameters) and counts, over every caption template of world.json (each filled with the concept's words,
+shapes and style phrasings in turn), the images that still show it, and the same for its nearest sibling
+(which should keep showing itself). Results are counts of images, the styled captions separately. Findings
+are kept in docs/erasure-results-notes.md.
 
-Usage: python scripts/caption_spot_check.py unedited:red uce:red esd-x:red ca:red:blue [--seeds 4]
+Usage: python scripts/caption_spot_check.py unedited:red uce:red esd-x:red ca:red:blue esd-x:red,lr=1e-4 [--seeds 4]
 """
 
 from __future__ import annotations
@@ -59,20 +60,23 @@ def caption_sets(world: dict) -> dict[str, tuple[str, dict[str, list[str]]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("rows", nargs="+", help="method:concept[:anchor], method 'unedited' for the base model")
+    parser.add_argument("rows", nargs="+",
+                        help="method:concept[:anchor][,key=value...], method 'unedited' for the base model")
     parser.add_argument("--seeds", type=int, default=4)
     args = parser.parse_args()
     model = load_model()
     sets = caption_sets(load_world())
     seeds = list(range(args.seeds))
     for row in args.rows:
-        method, concept, *anchors = row.split(":")
+        head, *settings = row.split(",")
+        method, concept, *anchors = head.split(":")
+        params = dict(setting.split("=", 1) for setting in settings)
         if concept not in sets:
             parser.error(f"{concept!r} is not checkable; use one of {', '.join(sets)}")
         started = time.perf_counter()
         model.stack.clear()
         if method != "unedited":
-            model.stack.push(erase(model, EraseRequest(method, [concept], anchors=anchors)), 1.0)
+            model.stack.push(erase(model, EraseRequest(method, [concept], anchors=anchors, params=params)), 1.0)
         kind, prompts_by_value = sets[concept]
         counts = []
         for value, prompts in prompts_by_value.items():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine import closed_form as cf
 from engine.closed_form import encode_prompts
 from engine.edits import EditDelta
 from engine.esd import project_text_deltas, projection_factor, trainable_names
@@ -124,6 +125,19 @@ def test_preserve_projection_keeps_the_concept_and_spares_its_siblings(builtin_m
         kept.append(float((projected[names[0]] @ token).norm() / (delta @ token).norm()))
     assert min(kept[:2]) > 0.4, kept  # red and its synonym keep most of the change
     assert max(kept[2:4]) < 0.25 and kept[4] < 0.1, kept  # its nearest sibling and a far one lose most of it
+
+
+def test_caption_forms_pair_each_caption_with_itself_without_the_color(builtin_model):
+    """ESD-x's ``caption_forms``: every color caption form, pushed away from the same caption without the color."""
+    forms = cf.caption_forms(builtin_model, "red")
+    assert len(forms) == 44 and ("a red circle", "a circle") in forms
+    assert ("by Riley, a red star", "by Riley, a star") in forms
+    assert all("red" in caption and "red" not in without for caption, without in forms)
+    assert cf.caption_forms(builtin_model, "star") == [] and cf.caption_forms(builtin_model, "by Kusama") == []
+    params = {"iterations": 4, "ddim_steps": 6, "trajectories": 4, "batch_size": 2, "caption_forms": True}
+    edit = erase(builtin_model, EraseRequest("esd-x", ["red"], params=params))
+    assert edit.manifest["params"]["caption_forms"] is True
+    assert all(torch.isfinite(d).all() for d in edit.deltas.values())
 
 
 @pytest.mark.parametrize("variant,cancel_at", [("esd-x", 3), ("esd-u", 25)])
