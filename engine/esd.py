@@ -25,7 +25,7 @@ by-product of the sampling run, so this costs one extra student row per iteratio
 built-in model tolerates the reference's eta = 2 at lr 3e-4 (measured: red efficacy 0%, specificity
 about 1.0, shape of red prompts kept); set it to 0 for the reference loss.
 
-Deliberate deviations for the cross-attention variants (both options, switchable back to the reference):
+Deliberate deviations for the cross-attention variants (options, switchable back to the reference):
 
 * **Preserve projection** (``preserve_projection``, on by default for esd-x and esd-x-strict). After training,
   each key/value change Δ (it acts on text tokens) is replaced by the change that does the same to the
@@ -230,7 +230,7 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     n_traj = max(1, min(params["trajectories"], samples))
     rng = random.Random(seed)
     # Iteration i uses samples i*batch .. i*batch+batch-1; sample k comes from trajectory k % n_traj at a
-    # random DDIM step, and trajectory j samples the concept targets[j % len(targets)] (the authors' code
+    # random DDIM step, and trajectory j samples prompts[j % len(prompts)], the targets first (the authors' code
     # likewise picks one concept per iteration when several are given).
     requests = [(k % n_traj, rng.randrange(steps)) for k in range(samples)]
     sampled_steps = 1 + max(step for _, step in requests)  # the batched run stops after the last one needed
