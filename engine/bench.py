@@ -396,13 +396,13 @@ def concept_list(model: Any, count: int) -> list[str]:
         if count > len(words):
             raise InputError(f"The bundled concept list has only {len(words)} entries.")
         return words[:count]
-    from engine.shapesworld import load_world
+    from engine.shapesworld import all_style_phrases, load_world
 
     world = load_world()
     items = list(cf.vocabulary_sample(model))
     colors = [n for c, v in world["colors"].items() for n in (c, *v["synonyms"])]
     shapes = [n for s, v in world["shapes"].items() for n in (s, *v["synonyms"])]
-    phrasings = [p for v in world["styles"].values() for p in v["phrasings"]]
+    phrasings = all_style_phrases()
     items += [f"a {c} {s}" for c in colors for s in shapes]
     items += [f"a {c} {s} {p}" for p in phrasings for c in colors for s in shapes]
     seen: set[str] = set()

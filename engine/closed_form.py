@@ -347,11 +347,11 @@ def caption_forms(model: Any, color: str) -> list[tuple[str, str]]:
 
 @lru_cache(maxsize=64)
 def _caption_forms(color: str) -> tuple[tuple[str, str], ...]:
-    from engine.shapesworld import fill_caption, load_world
+    from engine.shapesworld import all_style_phrases, fill_caption, load_world
 
     world = load_world()
     shapes = list(world["shapes"])
-    phrasings = [p for v in world["styles"].values() for p in v["phrasings"]]
+    phrasings = all_style_phrases()
     fills = [(template, style) for ts in world["templates"].values() for template in ts if "{color}" in template
              for style in (phrasings if "{style}" in template else [""])]
     return tuple((fill_caption(template, color=color, shape=shapes[i % len(shapes)], style=style),
@@ -377,10 +377,10 @@ def color_paraphrases(model: Any, color: str) -> list[str]:
 
 @lru_cache(maxsize=64)
 def _color_heads(color: str) -> tuple[str, ...]:
-    from engine.shapesworld import fill_caption, load_world
+    from engine.shapesworld import all_style_phrases, fill_caption, load_world
 
     world = load_world()
-    phrasings = [p for v in world["styles"].values() for p in v["phrasings"]]
+    phrasings = all_style_phrases()
     out: list[str] = []
     for template in (t for ts in world["templates"].values() for t in ts if "{color}" in t):
         head = template[:template.index("{color}")] + "{color}"
@@ -492,11 +492,10 @@ def sibling_captions(model: Any, concept: str) -> list[str]:
 
 @lru_cache(maxsize=64)
 def _sibling_captions(group: str, member: str) -> tuple[str, ...]:
-    from engine.shapesworld import fill_caption, load_world
+    from engine.shapesworld import all_style_phrases, fill_caption, load_world
 
     world = load_world()
-    slots = {"color": list(world["colors"]), "shape": list(world["shapes"]),
-             "style": [p for v in world["styles"].values() for p in v["phrasings"]]}
+    slots = {"color": list(world["colors"]), "shape": list(world["shapes"]), "style": all_style_phrases()}
     members = ([world["styles"][k]["phrasings"] for k in world["styles"] if k != member]
                if group == "style" else [[m] for m in slots[group] if m != member])
     out: list[str] = []

@@ -123,6 +123,11 @@ def style_phrases(style: str) -> list[str]:
     return list(load_world()["styles"][style]["phrasings"])
 
 
+def all_style_phrases() -> list[str]:
+    """Every phrasing of every style ("by Kusama", "in the style of Kusama", ...), styles in world.json order."""
+    return [p for spec in load_world()["styles"].values() for p in spec["phrasings"]]
+
+
 def fill_caption(template: str, color: str = "", shape: str = "", style: str = "") -> str:
     """A caption from one of world.json's templates, spacing and a leading comma tidied."""
     text = template.format(color=color, shape=shape, style=style)
