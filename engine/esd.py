@@ -38,7 +38,8 @@ Deliberate deviations for the cross-attention variants (options, switchable back
   siblings in every caption form). Why: fine-tuning moves the keys and values of every token the concept shares
   directions with; on the built-in model erasing red drew orange yellow (orange's color 0.83 → 0.03, 4 seeds).
   The vocabulary sample UCE also preserves is left out: with it red was drawn yellow and orange kept its color in
-  only 0.69 of its prompts (siblings only: 0.88). Preserve weight 0.1 / 1: red left in 0 / 19 %. esd-x-strict
+  only 0.69 of its prompts (siblings only: 0.88). Preserve weight 0.1 / 1 (bare-word training; with the caption
+  forms below, 1 is the better weight): red left in 0 / 19 %. esd-x-strict
   (red and orange prompts, 4 seeds): red 0 % either way; orange's color 0.83 → 0.02 without the projection
   (shapes of red prompts kept 62 %), 0.80 with it (shapes kept 100 %).
 * **The output projection is not trained** (``train_output`` off): the attention output mixes every token's
@@ -51,23 +52,34 @@ Deliberate deviations for the cross-attention variants (options, switchable back
 * **Caption forms** (``caption_forms``, esd-x, off by default; built-in colors only). The paper trains on the bare
   concept, so in captions that name a style ("by Riley, a scarlet circle") red stays: 31 of 48 such images keep it
   (``scripts/caption_spot_check.py``, 4 seeds; plain captions 0 of 96). With the option the trajectories also
-  sample red in every color caption form of the model (``closed_form.caption_forms``, 44), each pushed away from
-  the same caption without the color (so the shape and the style are not pushed), with the same 50 trajectories
-  and 200 iterations. Measured on red (spot check: red left of 144 / orange kept of 96, its styled captions of
-  32; suite: 16 seeds, all 80 unrelated prompts, efficacy / generality / specificity):
+  sample the color in every color caption form of the model (``closed_form.caption_forms``, 44), each pushed away
+  from the same caption without the color (so the shape and the style are not pushed), with the same 50
+  trajectories and 200 iterations, and those captions count as the concept's tokens in the preserve projection.
+  Measured on red (spot check: red left of 144 / orange kept of 96, its styled captions of 32; suite: 16 seeds,
+  all 80 unrelated prompts, efficacy / generality / specificity):
 
   | | red left | orange kept | suite |
   |---|---|---|---|
-  | off (default) | 31 (styled 31 / 48) | 92 (28 / 32) | 0 / 0 / 99.3 % |
-  | on | 0 (0 / 48) | 72 (8 / 32) | 2.3 / 3.1 / 91.8 % |
-  | on, the forms left out of the preserve projection | 15 (15 / 48) | 90 (26 / 32) | 10.9 / 10.9 / 99.0 % |
-  | on, 400 iterations, 100 trajectories (training 141 s) | 21 (21 / 48) | 90 (26 / 32) | 3.1 / 5.5 / 100.7 % |
+  | off (default; the paper) | 31 (styled 31 / 48) | 92 (28 / 32) | 0 / 0 / 99.3 % |
+  | on, preserve projection 1 | 0 (0 / 48) | 72 (10 / 32) | 10.2 / 8.6 / 97.5 % |
+  | on (preserve projection 0.1) | 0 (0 / 48) | 72 (8 / 32) | 2.3 / 3.1 / 91.8 % |
+  | on, the forms left out of the projection | 15 (15 / 48) | 90 (26 / 32) | 10.9 / 10.9 / 99.0 % |
+  | the same, 400 iterations and 100 trajectories | 21 (21 / 48) | 90 (26 / 32) | 3.1 / 5.5 / 100.7 % |
 
-  With the option, red is gone in every caption form, as after UCE (2 of 144, orange 71 of 96), but the suite's
-  specificity falls to 91.8 % (colors 91.9 %), close to the issue's 90 %; so it stays off and the table row is
-  the default's. With twice the iterations and trajectories the suite is kept but styled red only falls to 21 of
-  48: on this model the result moves with the training budget more than monotonically, and no setting yet gives
-  both. Preserve projection weight 0.3 / 1 with it: red 0 / 0, orange 70 / 72 (styled 8 / 10).
+  No setting gives both, so the option stays off. With the weight 1 the suite's red is left only in circles ("a
+  red circle" 7 of 16 images, 24 of 256 over the red prompts; none in the first 4 seeds): the bare word gets 2 of
+  the 50 trajectories once the 44 forms share them. The cost to the other colors (4 seeds, per prompt; suite 93.0 %
+  at 0.1, 97.7 % at 1): orange in styled prompts drawn yellow, and green in some styled prompts drawn red ("a green
+  circle by Vasarely" in 4 of 4 images at either weight). A key/value change that pushes red's tokens away from
+  "no color" is linear, so tokens on the far side of "no color" (green's, in those contexts) move toward red. UCE
+  trades the same way in these captions (red 2 of 144, orange 71 of 96). The weight 1 alone (without caption
+  forms; star and Kusama have none) costs a little: star left in 5 of 96 caption-form images against 2 at 0.1,
+  Kusama 1 of 84 against 0 (squares kept 94 / 94, Riley 77 / 79). (The option as first committed left the forms
+  out of the projection while its table described them in; the last two rows are that version.)
+  Tried and not kept (spot check): the forms pushed only onto the caption without the color (η 1): red 81 of 144,
+  orange 78; η 1.5: red 1, orange 72, suite 95.3 % (4 seeds); orange's caption forms held in training (forms out
+  of the projection): red 36, orange 93; q untrained: red 0, orange 73; only the tokens from the color on as the
+  concept's rows of the projection (the shared prefix "by Riley, a" left to the preserve set): no change.
 
 Variants: esd-x trains every cross-attention (attn2) Linear (but the output projection, see above), esd-x-strict
 only attn2.to_k/to_v, esd-u every Linear/Conv outside cross-attention (weights and biases, as in the authors'
@@ -189,7 +201,8 @@ def _params(variant: str) -> tuple[ParamSpec, ...]:
 _CROSS_ATTENTION_PARAMS = (
     ParamSpec("preserve_projection", "float", 0.1,
               "Weight of the preserve set's tokens when the key/value changes are projected onto the concept's "
-              "tokens after training (0: off, the paper's deltas).", 0.0, 100.0, minimum_means="off"),
+              "tokens after training (0: off, the paper's deltas); with caption forms on, 1 keeps more of the other "
+              "colors.", 0.0, 100.0, minimum_means="off"),
 )
 _ESD_X_PARAMS = (
     ParamSpec("train_output", "bool", False,
@@ -197,8 +210,8 @@ _ESD_X_PARAMS = (
               "reaches unrelated prompts."),
     ParamSpec("caption_forms", "bool", False,
               "Also train on a color inside every caption form of the built-in model (\"by Riley, a red circle\"), "
-              "pushed away from the same caption without it: styled captions lose the color too, at some cost to "
-              "the nearest sibling color's styled captions and to plain prompts' erasure."),
+              "pushed away from the same caption without it, so styled captions lose the color too, at some cost to "
+              "the nearest sibling color's styled captions."),
 )
 # λ of the preserve projection: the concept's token statistic is a sum over hundreds of rows, so this only keeps
 # the solve well posed.
@@ -242,10 +255,10 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     # Each trajectory's prompt and the prompt its prediction is pushed away from: the bare concept from the empty
     # prompt, as in the paper, and (``caption_forms``) a caption naming it from the same caption without it.
     prompts, references = list(targets), [""] * len(targets)
-    if params.get("caption_forms", False):
-        forms = [form for target in targets for form in cf.caption_forms(model, target)]
-        prompts += [caption for caption, _ in forms]
-        references += [without for _, without in forms]
+    forms = [form for target in targets for form in cf.caption_forms(model, target)] \
+        if params.get("caption_forms", False) else []
+    prompts += [caption for caption, _ in forms]
+    references += [without for _, without in forms]
     concept_emb = encode_prompts(pipe, prompts)
     reference_emb = encode_prompts(pipe, references)
     traj_concept = [j % len(prompts) for j in range(n_traj)]
@@ -289,7 +302,9 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     deltas = trainable.deltas()
     preserve_scale = float(params.get("preserve_projection", 0.0))
     if preserve_scale > 0:
-        deltas = project_text_deltas(deltas, projection_factor(model, targets, preserve, preserve_scale))
+        # the caption forms trained on are the concept's tokens too, so the projection keeps the change there
+        factor = projection_factor(model, targets, preserve, preserve_scale, [caption for caption, _ in forms])
+        deltas = project_text_deltas(deltas, factor)
     edit = EditDelta.create(pipe, deltas, variant, concepts={"targets": list(targets)},
                             params=dict(params))
     edit.manifest["metrics"] = {"final_loss": sum(losses[-10:]) / len(losses[-10:]),
@@ -297,11 +312,13 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     return edit
 
 
-def projection_factor(model: Any, targets: list[str], preserve: list[str], preserve_scale: float) -> torch.Tensor:
-    """F (d×d, float64) with Δ' = Δ F: keeps a key/value change on the concepts' tokens and takes it off the
-    preserve set's (see the module docstring)."""
+def projection_factor(model: Any, targets: list[str], preserve: list[str], preserve_scale: float,
+                      extra_concept_prompts: list[str] | None = None) -> torch.Tensor:
+    """F (d×d, float64) with Δ' = Δ F: keeps a key/value change on the concepts' tokens (those of their prompts and
+    of ``extra_concept_prompts``) and takes it off the preserve set's (see the module docstring)."""
     pipe = model.pipe
     erase_prompts = [p for target in targets for p in cf.concept_prompts(model, target)]
+    erase_prompts += list(extra_concept_prompts or [])
     keep = cf.expand_preserve(model, cf.build_preserve(model, targets, preserve, use_vocabulary=False), targets)
     erase = cf.preserve_rows(pipe, erase_prompts).to(torch.float64)
     cee = erase.T @ erase

@@ -127,6 +127,19 @@ def test_preserve_projection_keeps_the_concept_and_spares_its_siblings(builtin_m
     assert max(kept[2:4]) < 0.25 and kept[4] < 0.1, kept  # its nearest sibling and a far one lose most of it
 
 
+def test_preserve_projection_keeps_the_change_on_extra_concept_prompts(builtin_model):
+    """With ``caption_forms`` the forms trained on count as the concept's tokens too: the change on red inside a
+    styled caption is then kept, where the plain projection takes most of it off."""
+    forms = [caption for caption, _ in cf.caption_forms(builtin_model, "red")]
+    plain = projection_factor(builtin_model, ["red"], [], 0.1)
+    with_forms = projection_factor(builtin_model, ["red"], [], 0.1, forms)
+    delta = torch.randn(64, plain.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    enc = encode_prompts(builtin_model.pipe, ["by Vasarely, a scarlet circle"])
+    token = enc.embeds[0, 5].to(torch.float64)  # "scarlet": BOS by vasarely , a scarlet
+    kept = [float((delta @ f @ token).norm() / (delta @ token).norm()) for f in (plain, with_forms)]
+    assert kept[1] > 0.6 and kept[1] > kept[0] + 0.2, kept
+
+
 def test_caption_forms_pair_each_caption_with_itself_without_the_color(builtin_model):
     """ESD-x's ``caption_forms``: every color caption form, pushed away from the same caption without the color."""
     forms = cf.caption_forms(builtin_model, "red")
