@@ -201,8 +201,7 @@ def _params(variant: str) -> tuple[ParamSpec, ...]:
 _CROSS_ATTENTION_PARAMS = (
     ParamSpec("preserve_projection", "float", 0.1,
               "Weight of the preserve set's tokens when the key/value changes are projected onto the concept's "
-              "tokens after training (0: off, the paper's deltas); with caption forms on, 1 keeps more of the other "
-              "colors.", 0.0, 100.0, minimum_means="off"),
+              "tokens after training (0: off, the paper's deltas).", 0.0, 100.0, minimum_means="off"),
 )
 _ESD_X_PARAMS = (
     ParamSpec("train_output", "bool", False,
@@ -211,7 +210,7 @@ _ESD_X_PARAMS = (
     ParamSpec("caption_forms", "bool", False,
               "Also train on a color inside every caption form of the built-in model (\"by Riley, a red circle\"), "
               "pushed away from the same caption without it, so styled captions lose the color too, at some cost to "
-              "the nearest sibling color's styled captions."),
+              "the nearest sibling color's styled captions; a preserve projection of 1 keeps more of the other colors."),
 )
 # λ of the preserve projection: the concept's token statistic is a sum over hundreds of rows, so this only keeps
 # the solve well posed.
@@ -255,8 +254,8 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     # Each trajectory's prompt and the prompt its prediction is pushed away from: the bare concept from the empty
     # prompt, as in the paper, and (``caption_forms``) a caption naming it from the same caption without it.
     prompts, references = list(targets), [""] * len(targets)
-    forms = [form for target in targets for form in cf.caption_forms(model, target)] \
-        if params.get("caption_forms", False) else []
+    forms = ([form for target in targets for form in cf.caption_forms(model, target)]
+             if params.get("caption_forms", False) else [])
     prompts += [caption for caption, _ in forms]
     references += [without for _, without in forms]
     concept_emb = encode_prompts(pipe, prompts)
