@@ -38,8 +38,8 @@ Deliberate deviations for the cross-attention variants (options, switchable back
   siblings in every caption form). Why: fine-tuning moves the keys and values of every token the concept shares
   directions with; on the built-in model erasing red drew orange yellow (orange's color 0.83 → 0.03, 4 seeds).
   The vocabulary sample UCE also preserves is left out: with it red was drawn yellow and orange kept its color in
-  only 0.69 of its prompts (siblings only: 0.88). Preserve weight 0.1 / 1 (bare-word training; with the caption
-  forms below, 1 is the better weight): red left in 0 / 19 %. esd-x-strict
+  only 0.69 of its prompts (siblings only: 0.88). Preserve weight 0.1 / 1 (bare-word training; esd-x now trains
+  on the caption forms too and weighs 1, below): red left in 0 / 19 %. esd-x-strict
   (red and orange prompts, 4 seeds): red 0 % either way; orange's color 0.83 → 0.02 without the projection
   (shapes of red prompts kept 62 %), 0.80 with it (shapes kept 100 %).
 * **The output projection is not trained** (``train_output`` off): the attention output mixes every token's
@@ -49,37 +49,42 @@ Deliberate deviations for the cross-attention variants (options, switchable back
   Together, 16 seeds over all 80 unrelated prompts: red and its synonyms 0 %, specificity 80.5 % → 99.3 %,
   shapes of red prompts kept 86.0 % → 95.9 %.
 
-* **Caption forms** (``caption_forms``, esd-x, off by default; built-in colors only). The paper trains on the bare
-  concept, so in captions that name a style ("by Riley, a scarlet circle") red stays: 31 of 48 such images keep it
-  (``scripts/caption_spot_check.py``, 4 seeds; plain captions 0 of 96). With the option the trajectories also
-  sample the color in every color caption form of the model (``closed_form.caption_forms``, 44), each pushed away
-  from the same caption without the color (so the shape and the style are not pushed), with the same 50
-  trajectories and 200 iterations, and those captions count as the concept's tokens in the preserve projection.
-  Measured on red (spot check: red left of 144 / orange kept of 96, its styled captions of 32; suite: 16 seeds,
-  all 80 unrelated prompts, efficacy / generality / specificity):
+* **Caption forms** (``caption_forms``, esd-x, on by default since 2026-12-02; built-in colors only). The paper
+  trains on the bare concept, so in captions that name a style ("by Riley, a scarlet circle") red stayed: 31 of 48
+  such images kept it (``scripts/caption_spot_check.py``, 4 seeds; plain captions 0 of 96). With the option every
+  other trajectory samples the color in one of the model's color caption forms instead (``closed_form.caption_forms``,
+  44, in turn, several colors' forms alternating; the default 50 trajectories reach a color's first 25, the plain
+  and most styled templates), pushed away from the same caption without the color (so the shape and the style are
+  not pushed); those captions count as the concept's tokens in the preserve projection, and, with five times as many concept prompts there, esd-x weighs its
+  preserve set 1 (esd-x-strict, trained on the bare word, keeps 0.1). Measured on red (spot check: red left of 144 /
+  orange kept of 96, its styled captions of 32; suite: 16 seeds, all 80 unrelated prompts, efficacy / generality /
+  specificity):
 
   | | red left | orange kept | suite |
   |---|---|---|---|
-  | off (default; the paper) | 31 (styled 31 / 48) | 92 (28 / 32) | 0 / 0 / 99.3 % |
-  | on, preserve projection 1 | 0 (0 / 48) | 72 (10 / 32) | 10.2 / 8.6 / 97.5 % |
-  | on (preserve projection 0.1) | 0 (0 / 48) | 72 (8 / 32) | 2.3 / 3.1 / 91.8 % |
-  | on, the forms left out of the projection | 15 (15 / 48) | 90 (26 / 32) | 10.9 / 10.9 / 99.0 % |
+  | off (the paper; the default before) | 31 (styled 31 / 48) | 92 (28 / 32) | 0 / 0 / 99.3 % |
+  | **on: every other trajectory a form, preserve projection 1 (default)** | **3 (3 / 48)** | **76 (12 / 32)** | **3.1 / 6.2 / 97.6 %** |
+  | 44 of the 45 prompts forms (the bare word in 2 of 50 trajectories), preserve 1 | 0 (0 / 48) | 72 (10 / 32) | 10.2 / 8.6 / 97.5 % |
+  | the same, preserve projection 0.1 | 0 (0 / 48) | 72 (8 / 32) | 2.3 / 3.1 / 91.8 % |
+  | the same, forms left out of the projection | 15 (15 / 48) | 90 (26 / 32) | 10.9 / 10.9 / 99.0 % |
   | the same, 400 iterations and 100 trajectories | 21 (21 / 48) | 90 (26 / 32) | 3.1 / 5.5 / 100.7 % |
 
-  No setting gives both, so the option stays off. With the weight 1 the suite's red is left only in circles ("a
-  red circle" 7 of 16 images, 24 of 256 over the red prompts; none in the first 4 seeds): the bare word gets 2 of
-  the 50 trajectories once the 44 forms share them. The cost to the other colors (4 seeds, per prompt; suite 93.0 %
-  at 0.1, 97.7 % at 1): orange in styled prompts drawn yellow, and green in some styled prompts drawn red ("a green
-  circle by Vasarely" in 4 of 4 images at either weight). A key/value change that pushes red's tokens away from
-  "no color" is linear, so tokens on the far side of "no color" (green's, in those contexts) move toward red. UCE
-  trades the same way in these captions (red 2 of 144, orange 71 of 96). The weight 1 alone (without caption
-  forms; star and Kusama have none) costs a little: star left in 5 of 96 caption-form images against 2 at 0.1,
-  Kusama 1 of 84 against 0 (squares kept 94 / 94, Riley 77 / 79). (The option as first committed left the forms
-  out of the projection while its table described them in; the last two rows are that version.)
-  Tried and not kept (spot check): the forms pushed only onto the caption without the color (η 1): red 81 of 144,
-  orange 78; η 1.5: red 1, orange 72, suite 95.3 % (4 seeds); orange's caption forms held in training (forms out
-  of the projection): red 36, orange 93; q untrained: red 0, orange 73; only the tokens from the color on as the
-  concept's rows of the projection (the shared prefix "by Riley, a" left to the preserve set): no change.
+  The default trades orange's styled captions for red's: red is now gone from the model's caption forms as after
+  UCE (2 of 144, orange 71 of 96), and like UCE it costs orange in styled captions. With the bare word in only 2 of
+  50 trajectories, red stayed in circles ("a red circle" 7 of 16 images; none in seeds 0-3). Where the other colors
+  lose (4 seeds, per prompt, the 2-of-50 version; specificity 93.0 % at preserve 0.1, 97.7 % at 1): orange in styled
+  prompts drawn yellow, and green in some styled prompts drawn red ("a green circle by Vasarely" 4 of 4 images; in
+  the ESD-x grid one of four green squares by Vasarely): a key/value change that pushes red's tokens away from "no
+  color" is linear, so tokens on the far side of "no color" (green's, in those contexts) move toward red. The
+  preserve weight 1 alone (star and Kusama have no caption forms) costs a little: star left in 5 of 96 caption-form
+  images against 2 at 0.1, Kusama 1 of 84 against 0 (squares kept 94 / 94, Riley 77 / 79). The option as first
+  committed left the forms out of the projection while its table described them in (fourth and fifth rows: that
+  version).
+  Tried and not kept (spot check, the 2-of-50 version): the forms pushed only onto the caption without the color
+  (η 1): red 81 of 144, orange 78; η 1.5: red 1, orange 72, suite 95.3 % (4 seeds); orange's caption forms held in
+  training (forms out of the projection): red 36, orange 93; q untrained: red 0, orange 73; only the tokens from the
+  color on as the concept's rows of the projection (the shared prefix "by Riley, a" left to the preserve set): no
+  change.
 
 Variants: esd-x trains every cross-attention (attn2) Linear (but the output projection, see above), esd-x-strict
 only attn2.to_k/to_v, esd-u every Linear/Conv outside cross-attention (weights and biases, as in the authors'
@@ -90,6 +95,7 @@ from __future__ import annotations
 
 import random
 from functools import partial
+from itertools import zip_longest
 from typing import Any
 
 import torch
@@ -193,24 +199,30 @@ def _params(variant: str) -> tuple[ParamSpec, ...]:
         ParamSpec("preserve_weight", "float", 1.0,
                   "Weight of the loss that keeps the empty prompt and the preserve prompts predicting as before (0: off).",
                   0.0, 100.0),
-        *(_CROSS_ATTENTION_PARAMS if variant != "esd-u" else ()),
+        *((_preserve_projection_param(PROJECTION_WEIGHT[variant]),) if variant != "esd-u" else ()),
         *(_ESD_X_PARAMS if variant == "esd-x" else ()),
     )
 
 
-_CROSS_ATTENTION_PARAMS = (
-    ParamSpec("preserve_projection", "float", 0.1,
-              "Weight of the preserve set's tokens when the key/value changes are projected onto the concept's "
-              "tokens after training (0: off, the paper's deltas).", 0.0, 100.0, minimum_means="off"),
-)
+# esd-x trains on the caption forms by default, five times as many concept prompts in the projection as
+# esd-x-strict's bare word, so its preserve set weighs more (module docstring)
+PROJECTION_WEIGHT = {"esd-x": 1.0, "esd-x-strict": 0.1}
+
+
+def _preserve_projection_param(default: float) -> ParamSpec:
+    return ParamSpec("preserve_projection", "float", default,
+                     "Weight of the preserve set's tokens when the key/value changes are projected onto the concept's "
+                     "tokens after training (0: off, the paper's deltas).", 0.0, 100.0, minimum_means="off")
+
+
 _ESD_X_PARAMS = (
     ParamSpec("train_output", "bool", False,
               "Also train the attention output projection, as the paper does; it mixes every token, so its change "
               "reaches unrelated prompts."),
-    ParamSpec("caption_forms", "bool", False,
+    ParamSpec("caption_forms", "bool", True,
               "Also train on a color inside every caption form of the built-in model (\"by Riley, a red circle\"), "
               "pushed away from the same caption without it, so styled captions lose the color too, at some cost to "
-              "the nearest sibling color's styled captions; a preserve projection of 1 keeps more of the other colors."),
+              "the nearest sibling color's styled captions."),
 )
 # λ of the preserve projection: the concept's token statistic is a sum over hundreds of rows, so this only keeps
 # the solve well posed.
@@ -244,8 +256,8 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     n_traj = max(1, min(params["trajectories"], samples))
     rng = random.Random(seed)
     # Iteration i uses samples i*batch .. i*batch+batch-1; sample k comes from trajectory k % n_traj at a
-    # random DDIM step, and trajectory j samples prompts[j % len(prompts)], the targets first (the authors' code
-    # likewise picks one concept per iteration when several are given).
+    # random DDIM step, and trajectory j samples prompts[trajectory_prompts(...)[j]] (the authors' code likewise
+    # picks one concept per iteration when several are given).
     requests = [(k % n_traj, rng.randrange(steps)) for k in range(samples)]
     sampled_steps = 1 + max(step for _, step in requests)  # the batched run stops after the last one needed
     reporter = ProgressReporter(progress, variant, sampled_steps + iterations, cancel)
@@ -254,13 +266,14 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     # Each trajectory's prompt and the prompt its prediction is pushed away from: the bare concept from the empty
     # prompt, as in the paper, and (``caption_forms``) a caption naming it from the same caption without it.
     prompts, references = list(targets), [""] * len(targets)
-    forms = ([form for target in targets for form in cf.caption_forms(model, target)]
-             if params.get("caption_forms", False) else [])
+    # the targets' forms alternate, so the trajectories that go to forms reach every target's
+    per_target = [cf.caption_forms(model, target) for target in targets] if params.get("caption_forms", False) else []
+    forms = [form for group in zip_longest(*per_target) for form in group if form is not None]
     prompts += [caption for caption, _ in forms]
     references += [without for _, without in forms]
     concept_emb = encode_prompts(pipe, prompts)
     reference_emb = encode_prompts(pipe, references)
-    traj_concept = [j % len(prompts) for j in range(n_traj)]
+    traj_concept = trajectory_prompts(n_traj, len(targets), len(forms))
     cond = concept_emb[traj_concept]
     uncond = reference_emb[traj_concept]
     generator = torch.Generator("cpu").manual_seed(seed)
@@ -309,6 +322,15 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     edit.manifest["metrics"] = {"final_loss": sum(losses[-10:]) / len(losses[-10:]),
                                 "trained_parameters": trainable.count}
     return edit
+
+
+def trajectory_prompts(n_traj: int, n_targets: int, n_forms: int) -> list[int]:
+    """Which prompt each trajectory samples, as an index into [targets..., caption forms...]: the targets in turn;
+    with caption forms every other trajectory is a form (in turn), so the bare concept keeps half of them (with 2
+    of 50 it stayed in 10 % of red prompts, see the module docstring)."""
+    if not n_forms:
+        return [j % n_targets for j in range(n_traj)]
+    return [(j // 2) % n_targets if j % 2 == 0 else n_targets + (j // 2) % n_forms for j in range(n_traj)]
 
 
 def projection_factor(model: Any, targets: list[str], preserve: list[str], preserve_scale: float,

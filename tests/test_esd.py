@@ -15,7 +15,7 @@ import torch
 from engine import closed_form as cf
 from engine.closed_form import encode_prompts
 from engine.edits import EditDelta
-from engine.esd import project_text_deltas, projection_factor, trainable_names
+from engine.esd import project_text_deltas, projection_factor, trainable_names, trajectory_prompts
 from engine.generate import GenerationRequest, generate
 from engine.jobs import Cancelled, CancelToken, Progress
 from engine.judge import judge_images
@@ -23,7 +23,7 @@ from engine.methods import EraseRequest, all_methods, erase
 
 SEEDS = [0, 1, 2, 3]
 # Small but real: 20 iterations from 8 sampling runs of 20 DDIM steps.
-FAST = {"iterations": 20, "ddim_steps": 20, "trajectories": 8, "batch_size": 2, "lr": 3e-3, "negative_guidance": 4.0}
+FAST = {"iterations": 30, "ddim_steps": 20, "trajectories": 8, "batch_size": 2, "lr": 3e-3, "negative_guidance": 4.0}
 
 
 def weights_hash(model) -> str:
@@ -138,6 +138,13 @@ def test_preserve_projection_keeps_the_change_on_extra_concept_prompts(builtin_m
     token = enc.embeds[0, 5].to(torch.float64)  # "scarlet": BOS by vasarely , a scarlet
     kept = [float((delta @ f @ token).norm() / (delta @ token).norm()) for f in (plain, with_forms)]
     assert kept[1] > 0.6 and kept[1] > kept[0] + 0.2, kept
+
+
+def test_trajectories_keep_half_for_the_bare_concept_with_caption_forms():
+    """Without forms the targets take turns (the paper); with them every other trajectory is a form, in turn."""
+    assert trajectory_prompts(5, 2, 0) == [0, 1, 0, 1, 0]
+    assert trajectory_prompts(8, 1, 44) == [0, 1, 0, 2, 0, 3, 0, 4]
+    assert trajectory_prompts(8, 2, 3) == [0, 2, 1, 3, 0, 4, 1, 2]
 
 
 def test_caption_forms_pair_each_caption_with_itself_without_the_color(builtin_model):
