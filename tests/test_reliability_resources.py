@@ -150,7 +150,9 @@ def test_thirty_erase_preview_undo_cycles_do_not_grow_memory(builtin_model) -> N
     digest = weights_digest(builtin_model)
     undo_to = stack.snapshot()
     sizes: list[int] = []
-    for cycle in range(30):
+    # two warm-up cycles: the allocator's one-time step (about 55 MB) has landed after either the first or the second
+    # cycle, depending on what ran before in the same worker; a leak grows every cycle
+    for cycle in range(32):
         edit = erase(builtin_model, EraseRequest("uce", ["red"], preserve=["blue"],
                                                  params={"vocabulary_sample": 40}))
         stack.push(edit, 1.0)
@@ -159,9 +161,11 @@ def test_thirty_erase_preview_undo_cycles_do_not_grow_memory(builtin_model) -> N
         stack.restore(undo_to)  # undo: back to the snapshot before the erase
         del edit
         gc.collect()
-        sizes.append(resident_bytes())
+        if cycle >= 2:
+            sizes.append(resident_bytes())
     growth = sizes[-1] - sizes[0]
-    print(f"resident memory after cycle 1: {sizes[0] / 2**20:.1f} MB, after cycle 30: {sizes[-1] / 2**20:.1f} MB "
+    print(f"resident memory after the first measured cycle: {sizes[0] / 2**20:.1f} MB, after 30: {sizes[-1] / 2**20:.1f} MB "
           f"(growth {growth / 2**20:+.1f} MB, peak {max(sizes) / 2**20:.1f} MB)")
     assert growth <= 50 * 2**20, [round(s / 2**20, 1) for s in sizes]
+    assert sizes[-1] - sizes[-20] <= 10 * 2**20, [round(s / 2**20, 1) for s in sizes]  # flat at the end too
     assert weights_digest(builtin_model) == digest and len(stack) == 0
