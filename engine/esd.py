@@ -94,6 +94,7 @@ code).
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from functools import partial
 from itertools import zip_longest
 from typing import Any
@@ -199,7 +200,7 @@ def _params(variant: str) -> tuple[ParamSpec, ...]:
         ParamSpec("preserve_weight", "float", 1.0,
                   "Weight of the loss that keeps the empty prompt and the preserve prompts predicting as before (0: off).",
                   0.0, 100.0),
-        *((_preserve_projection_param(PROJECTION_WEIGHT[variant]),) if variant != "esd-u" else ()),
+        *((replace(PRESERVE_PROJECTION, default=PROJECTION_WEIGHT[variant]),) if variant != "esd-u" else ()),
         *(_ESD_X_PARAMS if variant == "esd-x" else ()),
     )
 
@@ -209,10 +210,10 @@ def _params(variant: str) -> tuple[ParamSpec, ...]:
 PROJECTION_WEIGHT = {"esd-x": 1.0, "esd-x-strict": 0.1}
 
 
-def _preserve_projection_param(default: float) -> ParamSpec:
-    return ParamSpec("preserve_projection", "float", default,
-                     "Weight of the preserve set's tokens when the key/value changes are projected onto the concept's "
-                     "tokens after training (0: off, the paper's deltas).", 0.0, 100.0, minimum_means="off")
+PRESERVE_PROJECTION = ParamSpec("preserve_projection", "float", 0.1,
+                                "Weight of the preserve set's tokens when the key/value changes are projected onto the "
+                                "concept's tokens after training (0: off, the paper's deltas).", 0.0, 100.0,
+                                minimum_means="off")
 
 
 _ESD_X_PARAMS = (
@@ -269,7 +270,8 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     # the targets' forms alternate, so the trajectories that go to forms reach every target's
     per_target = [cf.caption_forms(model, target) for target in targets] if params.get("caption_forms", False) else []
     forms = [form for group in zip_longest(*per_target) for form in group if form is not None]
-    prompts += [caption for caption, _ in forms]
+    form_captions = [caption for caption, _ in forms]
+    prompts += form_captions
     references += [without for _, without in forms]
     concept_emb = encode_prompts(pipe, prompts)
     reference_emb = encode_prompts(pipe, references)
@@ -315,7 +317,7 @@ def _train(model: Any, targets: list[str], preserve: list[str], params: dict[str
     preserve_scale = float(params.get("preserve_projection", 0.0))
     if preserve_scale > 0:
         # the caption forms trained on are the concept's tokens too, so the projection keeps the change there
-        factor = projection_factor(model, targets, preserve, preserve_scale, [caption for caption, _ in forms])
+        factor = projection_factor(model, targets, preserve, preserve_scale, form_captions)
         deltas = project_text_deltas(deltas, factor)
     edit = EditDelta.create(pipe, deltas, variant, concepts={"targets": list(targets)},
                             params=dict(params))
