@@ -169,6 +169,15 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # steps (high noise, where the color is decided) at lr 4e-5 / 2e-5 / 1e-5 / 3e-6: red 0 / 0 / 12 / 31 %,
 # specificity 0.65 / 0.67 / 0.62 / 0.73, orange 0.83 → 0.20 at 3e-6; the first 8 steps: red 6 %, 0.66; steps 30-50
 # only: red 69 %, 0.67; the first 15 with the sibling colors as preserve prompts (lr 2e-5): red 12 %, orange 0.11.
+# Nor does training only the layers that could tell the colors apart, with the siblings held on their own trajectories
+# (2026-12-02; plain red/crimson/scarlet and orange prompts, 4 seeds, red left / orange kept of 16; unedited 16 / 16):
+# the transformer blocks' feed-forward layers (right after cross-attention; there red's and orange's features differ
+# by 0.4-1.0 of red's difference from the uncolored prompt) trained on "red" with each iteration also holding one
+# of orange, yellow, green, blue, purple or an orange caption at the frozen model's prediction on its own sampled
+# latents: lr 1e-4 / 5e-4 (300 iterations) red 12 / 11, orange 15 / 12; 2e-4 for 1000 iterations red 13, orange 16;
+# 1e-3 for 600 red 10, orange 10; without the held siblings (5e-4) red 1, orange 0; held at weight 4, orange-heavy,
+# nothing erased (16 / 16). Every layer of the transformer blocks (2e-4, 1000): red 14, orange 16; every esd-u layer
+# with the same held siblings (4e-5, 300): red 16, orange 11. The same trade as on every dial above.
 # esd-x, tried and not kept (2026-12-02): the preserve projection also keeping the change on red's paraphrases ("red
 # circle", "a circle colored red") and taking it off the sibling colors' (UCE's ``paraphrases``). Off-template
 # phrasings (scripts/phrasing_spot_check.py, 4 seeds): other colors kept 104 → 105 of 120 (orange 14 → 20, yellow
