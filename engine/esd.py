@@ -178,6 +178,10 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # 1e-3 for 600 red 10, orange 10; without the held siblings (5e-4) red 1, orange 0; held at weight 4, orange-heavy,
 # nothing erased (16 / 16). Every layer of the transformer blocks (2e-4, 1000): red 14, orange 16; every esd-u layer
 # with the same held siblings (4e-5, 300): red 16, orange 11. The same trade as on every dial above.
+# Nor does confining each layer's update, during training, to the directions its inputs do not take for held prompts
+# (GPM-style: the weight change projected after every Adam step off the top eigenvectors of the layer's input (or 3×3
+# patch) covariance over 20 held prompts on their own latents and the empty prompt; biases not trained): keeping 99 %
+# of that energy (lr 4e-5 / 2e-4) red 16 / 16, orange 16; 95 % (2e-4) red 8, orange 12; 90 % (1e-3) red 0, orange 1.
 # esd-x, tried and not kept (2026-12-02): the preserve projection also keeping the change on red's paraphrases ("red
 # circle", "a circle colored red") and taking it off the sibling colors' (UCE's ``paraphrases``). Off-template
 # phrasings (scripts/phrasing_spot_check.py, 4 seeds): other colors kept 104 → 105 of 120 (orange 14 → 20, yellow
