@@ -9,7 +9,8 @@ from cli.common import add_edit_arguments, add_model_argument, load_model_from_a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate images for a prompt and seeds; writes DIR/<seed>.png and grid.png")
+    p = sub.add_parser("generate", help="generate images for a prompt and seeds; writes DIR/<seed>.png and grid.png, "
+                       "or one FILE.png")
     add_model_argument(p)
     add_edit_arguments(p)
     p.add_argument("--prompt", required=True)
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--scheduler", default="ddim", choices=["ddim", "dpm++"])
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (<seed>.png and grid.png), or a .png file: the image for one seed, the grid for "
+                        "several (each seed's image beside it as NAME-<seed>.png)")
     p.set_defaults(func=run)
 
 
@@ -33,6 +36,18 @@ def run(args: argparse.Namespace) -> int:
                                 steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
                                 scheduler=args.scheduler)
     images = generate(model, request, progress=print_progress)
+    if args.out.suffix.lower() == ".png":
+        # a file name means the user wants that file, not a folder named like an image
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if len(images) == 1:
+            save_png(images[0], args.out)
+            print(f"wrote {args.out}")
+            return 0
+        for seed, image in zip(args.seeds, images):
+            save_png(image, args.out.with_name(f"{args.out.stem}-{seed}.png"))
+        save_png(image_grid(images), args.out)
+        print(f"wrote the grid of {len(images)} images to {args.out}, each beside it as {args.out.stem}-<seed>.png")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     for seed, image in zip(args.seeds, images):
         save_png(image, args.out / f"{seed}.png")

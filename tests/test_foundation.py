@@ -38,6 +38,22 @@ def test_generate_cli_twice_writes_byte_identical_pngs(tmp_path: Path) -> None:
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
 
+def test_generate_cli_writes_a_png_file_when_out_names_one(tmp_path: Path) -> None:
+    from main import main
+
+    common = ["generate", "--model", "builtin", "--device", "cpu", "--prompt", "a red circle", "--steps", "2"]
+    # the same seeds in each pair of runs: a batch of two may round a pixel differently from one image alone
+    assert main([*common, "--seeds", "0", "--out", str(tmp_path / "alone")]) == 0
+    assert main([*common, "--seeds", "0", "--out", str(tmp_path / "one.png")]) == 0
+    assert main([*common, "--seeds", "0-1", "--out", str(tmp_path / "folder")]) == 0
+    assert main([*common, "--seeds", "0-1", "--out", str(tmp_path / "sub" / "two.png")]) == 0
+    assert (tmp_path / "one.png").is_file()
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "alone" / "0.png").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["two-0.png", "two-1.png", "two.png"]
+    assert (tmp_path / "sub" / "two.png").read_bytes() == (tmp_path / "folder" / "grid.png").read_bytes()
+    assert (tmp_path / "sub" / "two-1.png").read_bytes() == (tmp_path / "folder" / "1.png").read_bytes()
+
+
 def test_cli_errors_print_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from main import main
 
