@@ -73,6 +73,7 @@ class MetricsResult:
     curve: list[tuple[float, float | None, float | None]] = field(default_factory=list)
     strength: float | None = None
     stack_sig: tuple = ()
+    probe_recovery: float | None = None  # None: no weight edit to probe (an SLD-only stack)
 
 
 def stack_signature(stack: list[StackItem]) -> tuple:
@@ -798,7 +799,11 @@ def _measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: i
         request = EvalRequest(seeds=seeds, steps=steps, guidance=guidance, erased=concepts, quick=True)
         try:
             model.stack.restore(snapshot)
-            eff, gen, spec, eff0, gen0 = summarize(evaluate(model, request, progress, cancel))
+            report = evaluate(model, request, progress, cancel)
+            eff, gen, spec, eff0, gen0 = summarize(report)
+            probe = None
+            if any(enabled and s > 0 and not edit.is_inference_only for edit, s, enabled in snapshot):
+                probe = _mean_probe_recovery(model, report, seeds, steps, guidance, progress, cancel)
             curve = []
             for s in strengths:
                 if s == strength and snapshot[selected][2]:
@@ -815,9 +820,20 @@ def _measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: i
                 curve.append((s, e, sp))
         finally:
             model.stack.restore(snapshot)
-        return MetricsResult(eff, gen, spec, eff0, gen0, curve, strength, sig)
+        return MetricsResult(eff, gen, spec, eff0, gen0, curve, strength, sig, probe_recovery=probe)
 
     return run
+
+
+def _mean_probe_recovery(model: Any, report: Any, seeds: list[int], steps: int, guidance: float, progress,
+                         cancel: CancelToken) -> float | None:
+    """The adversarial-embedding probe's recovery rate, averaged over the erased concepts the judge knows."""
+    from engine.probe import KINDS, probe_recovery
+
+    rates = [probe_recovery(model, concept, entry["kind"], seeds=seeds, steps=steps, guidance=guidance,
+                            progress=progress, cancel=cancel).recovery_rate
+             for concept, entry in report.erased.items() if entry.get("kind") in KINDS]
+    return sum(rates) / len(rates) if rates else None
 
 
 def _open_session_job(data: sessions.SessionData):

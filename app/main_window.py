@@ -150,8 +150,9 @@ class MainWindow(QMainWindow):
         self.metrics = MetricsChart()
         self.metrics.empty_text = "Press Measure to judge the selected edit (built-in model)."
         self.measure_button = QPushButton("Measure")
-        self.measure_button.setToolTip("Judge efficacy, generality and specificity of the current edits "
-                                       "(built-in model; takes a few seconds per strength)")
+        self.measure_button.setToolTip("Judge efficacy, generality and specificity of the current edits, and how "
+                                       "often the adversarial-embedding probe brings the concept back (built-in "
+                                       "model; takes a few seconds per strength)")
         self.sweep_button = QPushButton("Sweep strength")
         self.sweep_button.setToolTip("Also measure at strengths 0, 0.5, 1 and 1.5 for the curve")
         self.metrics_note = QLabel()
@@ -434,11 +435,13 @@ class MainWindow(QMainWindow):
         if isinstance(m, MetricsResult):
             stale = m.stack_sig != stack_signature(doc.stack)
             self.metrics.set_data(MetricsData(m.efficacy, m.generality, m.specificity, m.efficacy_unedited,
-                                              m.generality_unedited, m.curve),
+                                              m.generality_unedited, m.curve, probe=m.probe_recovery),
                                   selected.strength if selected else None)
             self.metrics_note.setText("Measured for an earlier state of the edits; press Measure again."
                                       if stale else "Efficacy and generality: share of images still showing the "
-                                                    "concept (lower is better). Ticks: unedited model.")
+                                                    "concept (lower is better). Probe: share brought back by the "
+                                                    "adversarial text embedding (lower is more robust; weight "
+                                                    "edits only). Ticks: unedited model.")
         else:
             self.metrics.set_data(None)
             self.metrics_note.setText("")

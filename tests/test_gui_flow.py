@@ -143,6 +143,25 @@ def test_full_flow(qtbot, window, tmp_path):
         other.close()
 
 
+def test_measure_shows_efficacy_specificity_and_the_probe(qtbot, window):
+    s = window.state
+    window.concept_editor.add_concept("red", "color")
+    choose_method(window, "uce")
+    qtbot.mouseClick(window.method_panel.erase_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(s.doc.stack) == 1, timeout=WAIT_MS)
+    window.controller.set_seeds([0])  # one seed and 4 steps: the suite and the probe in under a minute
+    window.controller.set_preview_settings(steps=4)
+    idle(qtbot, window)
+    qtbot.mouseClick(window.measure_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: s.metrics is not None, timeout=WAIT_MS)
+    m = s.metrics
+    assert m.efficacy is not None and m.efficacy < m.efficacy_unedited
+    assert m.specificity is not None and m.specificity > 0.5
+    assert m.probe_recovery is not None and 0.0 <= m.probe_recovery <= 1.0
+    assert window.metrics.data.probe == m.probe_recovery  # the panel draws the probe's bar
+    assert "Probe" in window.metrics_note.text()
+
+
 def test_cancel_running_esd(qtbot, window):
     s = window.state
     window.concept_editor.add_concept("red", "color")

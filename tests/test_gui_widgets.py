@@ -160,6 +160,14 @@ def test_metrics_chart_draws_bars_and_curve(qtbot):
               if QColor(drawn.pixel(x, y)).red() > 180 and QColor(drawn.pixel(x, y)).green() < 110)
     assert red > 20  # the efficacy bar and curve are painted
 
+    def purple(image) -> int:
+        return sum(1 for x in range(0, 320, 2) for y in range(0, 320, 2)
+                   if (c := QColor(image.pixel(x, y))).red() > 110 and c.blue() > 160 and c.green() < 120)
+
+    assert purple(drawn) == 0  # no probe measured, no probe bar
+    chart.set_data(MetricsData(0.1, 0.2, 0.95, 1.0, 1.0, [], probe=0.5), 1.0)
+    assert purple(chart.grab().toImage()) > 20
+
 
 def test_session_file_errors(tmp_path):
     from app.session import FORMAT, read_session

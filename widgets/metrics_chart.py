@@ -2,7 +2,9 @@
 
 Efficacy and generality are shares of images that still show the erased concept (lower is
 better); specificity is accuracy on everything else relative to the unedited model (higher
-is better). The unedited value, when known, is drawn as a tick on each bar.
+is better); the probe's recovery rate is the share of images in which the adversarial
+embedding brings the concept back (lower is more robust). The unedited value, when known, is
+drawn as a tick on each bar.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 EFFICACY_COLOR = QColor("#d0433b")
 GENERALITY_COLOR = QColor("#e69138")
 SPECIFICITY_COLOR = QColor("#3b78d0")
+PROBE_COLOR = QColor("#8e5bc4")
 
 
 @dataclass
@@ -27,6 +30,7 @@ class MetricsData:
     generality_unedited: float | None = None
     curve: list[tuple[float, float | None, float | None]] = field(default_factory=list)  # (strength, eff, spec)
     note: str = ""
+    probe: float | None = None  # adversarial-embedding recovery rate; its bar is drawn only when measured
 
 
 class MetricsChart(QWidget):
@@ -60,18 +64,24 @@ class MetricsChart(QWidget):
             p.setPen(muted)
             p.drawText(r, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.empty_text)
             return
-        bars_h = 3 * 26 + 6
+        bars_h = len(self._bar_rows()) * 26 + 6
         self._paint_bars(p, QRectF(r.left(), r.top(), r.width(), bars_h), text, muted)
         self._paint_curve(p, QRectF(r.left(), r.top() + bars_h + 10, r.width(), r.height() - bars_h - 10), text, muted)
         p.end()
 
-    def _paint_bars(self, p: QPainter, r: QRectF, text: QColor, muted: QColor) -> None:
+    def _bar_rows(self) -> list[tuple[str, float | None, float | None, QColor]]:
+        """(label, value, unedited reference, color) per bar; the probe's unedited reference is efficacy's."""
         d = self.data
         rows = [("Efficacy ↓", d.efficacy, d.efficacy_unedited, EFFICACY_COLOR),
                 ("Generality ↓", d.generality, d.generality_unedited, GENERALITY_COLOR),
                 ("Specificity ↑", d.specificity, 1.0 if d.specificity is not None else None, SPECIFICITY_COLOR)]
+        if d.probe is not None:
+            rows.append(("Probe ↓", d.probe, d.efficacy_unedited, PROBE_COLOR))
+        return rows
+
+    def _paint_bars(self, p: QPainter, r: QRectF, text: QColor, muted: QColor) -> None:
         label_w, value_w = 92.0, 44.0
-        for i, (name, value, reference, color) in enumerate(rows):
+        for i, (name, value, reference, color) in enumerate(self._bar_rows()):
             y = r.top() + i * 26
             p.setPen(text)
             p.drawText(QRectF(r.left(), y, label_w, 20), Qt.AlignmentFlag.AlignVCenter, name)
