@@ -245,6 +245,7 @@ class MainWindow(QMainWindow):
 
         self.model_panel.load_requested.connect(self._load_model)
         self.concept_editor.concepts_edited.connect(c.set_concepts)
+        self.concept_editor.import_requested.connect(self.import_concepts_dialog)
         self.concept_editor.preserve_edited.connect(c.set_preserve)
         self.method_panel.method_selected.connect(c.set_method)
         self.method_panel.param_changed.connect(c.set_param)
@@ -532,6 +533,38 @@ class MainWindow(QMainWindow):
                                               "Sessions (*.json)")
         if path:
             self.controller.save_session(path)
+
+    def import_concepts_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Add concepts from a text file", "",
+                                              "Text files (*.txt);;All files (*)")
+        if path:
+            self.import_concepts(path)
+
+    def import_concepts(self, path: str | Path) -> None:
+        """Add the concepts listed in a text file (one per line) to the concept list."""
+        from engine.concept_lists import read_concepts_file
+        from engine.jobs import InputError
+
+        name = Path(path).name
+        try:
+            texts = read_concepts_file(path)
+        except InputError as exc:
+            self.state.set_error(ErrorInfo(exc.user_message, exc.detail))
+            return
+        if not texts:
+            self.state.set_error(ErrorInfo(f"{name} lists no concepts; write one per line.", level="warning"))
+            return
+        builtin = self.state.model is not None and self.state.model.is_builtin
+        known = {text.lower(): kind for group in presets(builtin).values() for text, kind in group}
+
+        def kind_of(text: str) -> str:  # a preset's kind; "by Kusama" is the style preset "Kusama"
+            key = " ".join(text.lower().split())
+            return known.get(key) or known.get(key.removeprefix("by "), "object")
+
+        added = self.concept_editor.add_concepts([(t, kind_of(t)) for t in texts])
+        skipped = len(texts) - added
+        self.state.set_error(ErrorInfo(f"Added {added} concept(s) from {name}"
+                                       + (f"; {skipped} were already listed." if skipped else "."), level="info"))
 
     def export_dialog(self) -> None:
         if self.state.model is None or not self.state.doc.stack:

@@ -62,7 +62,7 @@ def list_params(method: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.closed_form import read_concepts_file
+    from engine.concept_lists import read_concepts_file
     from engine.methods import EraseRequest, clean_concepts, get_method
 
     if not args.method:

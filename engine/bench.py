@@ -390,9 +390,10 @@ def concept_list(model: Any, count: int) -> list[str]:
     """``count`` distinct concepts: on the built-in model its world's vocabulary, then generated phrases
     ("a crimson disk", "a blue star by Kusama"); on a real model the bundled common-concepts list."""
     from engine import closed_form as cf
+    from engine.concept_lists import read_concepts_file
 
     if not model.is_builtin:
-        words = cf.read_concepts_file(cf.COMMON_CONCEPTS_FILE)
+        words = read_concepts_file(cf.COMMON_CONCEPTS_FILE)
         if count > len(words):
             raise InputError(f"The bundled concept list has only {len(words)} entries.")
         return words[:count]

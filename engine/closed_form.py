@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from engine.concept_lists import read_concepts_file
 from engine.jobs import CancelToken, EditMismatchError, InputError, ProgressCallback, ProgressReporter
 
 TOKEN_MODES = ("subject-to-end", "last-subject", "all")
@@ -507,18 +508,6 @@ def _sibling_captions(group: str, member: str) -> tuple[str, ...]:
                     fills = [f | {slot: v} for f in fills for v in slots[slot]]
             out += [fill_caption(template, **f) for f in fills]
     return tuple(_unique(out))
-
-
-def read_concepts_file(path: str | Path) -> list[str]:
-    """One concept per line; blank lines and lines starting with # are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"The concepts file {path.name} does not exist.", str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"The concepts file {path.name} could not be read as UTF-8 text.", repr(exc)) from exc
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def broadcast(values: list[str], count: int, what: str) -> list[str | None]:

@@ -162,6 +162,20 @@ def test_measure_shows_efficacy_specificity_and_the_probe(qtbot, window):
     assert "Probe" in window.metrics_note.text()
 
 
+def test_concepts_from_a_text_file(qtbot, window, tmp_path):
+    s = window.state
+    window.concept_editor.add_concept("red", "color")
+    listing = tmp_path / "concepts.txt"
+    listing.write_text("# colors and a style\nRed\n\n  blue  \nby Kusama\nsomething new\n", encoding="utf-8")
+    window.import_concepts(listing)
+    assert [(c.text, c.kind) for c in s.doc.concepts] == [
+        ("red", "color"), ("blue", "color"), ("by Kusama", "style"), ("something new", "object")]
+    assert s.error.level == "info" and "Added 3 concept(s)" in s.error.message and "1 were already" in s.error.message
+    window.import_concepts(tmp_path / "missing.txt")
+    assert s.error.message == "The concepts file missing.txt does not exist."
+    assert len(s.doc.concepts) == 4  # nothing changed
+
+
 def test_cancel_running_esd(qtbot, window):
     s = window.state
     window.concept_editor.add_concept("red", "color")

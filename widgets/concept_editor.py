@@ -46,10 +46,12 @@ def concept_problems(texts: list[str]) -> dict[int, str]:
 
 
 class ConceptEditor(QWidget):
-    """Emits ``concepts_edited`` with [{text, kind, guide, anchor}] and ``preserve_edited`` with [str]."""
+    """Emits ``concepts_edited`` with [{text, kind, guide, anchor}], ``preserve_edited`` with [str] and
+    ``import_requested`` when the user asks to add concepts from a text file."""
 
     concepts_edited = Signal(list)
     preserve_edited = Signal(list)
+    import_requested = Signal()  # "From file…": the window asks for the file and calls add_concepts
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -72,6 +74,9 @@ class ConceptEditor(QWidget):
         self.add_button = QPushButton("Add")
         self.add_button.setToolTip("Add a concept to erase")
         self.remove_button = QPushButton("Remove")
+        self.import_button = QPushButton("From file…")
+        self.import_button.setToolTip("Add concepts from a text file, one per line (lines starting with # are "
+                                      "skipped); for erasing many concepts in one job")
         self.presets_button = QToolButton()
         self.presets_button.setText("Presets")
         self.presets_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
@@ -80,6 +85,7 @@ class ConceptEditor(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.add_button)
         buttons.addWidget(self.remove_button)
+        buttons.addWidget(self.import_button)
         buttons.addStretch(1)
         buttons.addWidget(self.presets_button)
 
@@ -103,6 +109,7 @@ class ConceptEditor(QWidget):
 
         self.add_button.clicked.connect(self.add_empty_row)
         self.remove_button.clicked.connect(self.remove_selected)
+        self.import_button.clicked.connect(self.import_requested)
         self.table.itemChanged.connect(self._on_item_changed)
         self.preserve.editingFinished.connect(self._emit_preserve)
 
@@ -147,10 +154,24 @@ class ConceptEditor(QWidget):
         self.table.setColumnHidden(3, not anchor)
 
     def add_concept(self, text: str, kind: str = "object") -> None:
+        self.add_concepts([(text, kind)])
+
+    def add_concepts(self, items: list[tuple[str, str]]) -> int:
+        """Append (text, kind) pairs, skipping any already listed (ignoring case and spacing); returns how many
+        were added. One ``concepts_edited`` for the whole list."""
         concepts = [c for c in self.concepts() if c["text"].strip()]
-        concepts.append({"text": text, "kind": kind if kind in KINDS else "other", "guide": "", "anchor": ""})
+        listed = {" ".join(c["text"].lower().split()) for c in concepts}
+        added = 0
+        for text, kind in items:
+            key = " ".join(text.lower().split())
+            if key in listed:
+                continue
+            listed.add(key)
+            concepts.append({"text": text, "kind": kind if kind in KINDS else "other", "guide": "", "anchor": ""})
+            added += 1
         self.set_concepts(concepts)
         self._emit()
+        return added
 
     def add_empty_row(self) -> None:
         self._updating = True
