@@ -154,24 +154,28 @@ class ConceptEditor(QWidget):
         self.table.setColumnHidden(3, not anchor)
 
     def add_concept(self, text: str, kind: str = "object") -> None:
-        self.add_concepts([(text, kind)])
+        """Append one concept; a duplicate is added and flagged, as when typed."""
+        self._append_concepts([(text, kind)])
 
     def add_concepts(self, items: list[tuple[str, str]]) -> int:
-        """Append (text, kind) pairs, skipping any already listed (ignoring case and spacing); returns how many
-        were added. One ``concepts_edited`` for the whole list."""
-        concepts = [c for c in self.concepts() if c["text"].strip()]
-        listed = {" ".join(c["text"].lower().split()) for c in concepts}
-        added = 0
+        """Append (text, kind) pairs from a list, skipping any already listed (ignoring case and spacing); returns
+        how many were added. One ``concepts_edited`` for the whole list."""
+        listed = {" ".join(c["text"].lower().split()) for c in self.concepts() if c["text"].strip()}
+        fresh: list[tuple[str, str]] = []
         for text, kind in items:
             key = " ".join(text.lower().split())
-            if key in listed:
-                continue
-            listed.add(key)
-            concepts.append({"text": text, "kind": kind if kind in KINDS else "other", "guide": "", "anchor": ""})
-            added += 1
+            if key not in listed:
+                listed.add(key)
+                fresh.append((text, kind))
+        self._append_concepts(fresh)
+        return len(fresh)
+
+    def _append_concepts(self, items: list[tuple[str, str]]) -> None:
+        concepts = [c for c in self.concepts() if c["text"].strip()]
+        concepts += [{"text": text, "kind": kind if kind in KINDS else "other", "guide": "", "anchor": ""}
+                     for text, kind in items]
         self.set_concepts(concepts)
         self._emit()
-        return added
 
     def add_empty_row(self) -> None:
         self._updating = True
