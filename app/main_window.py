@@ -246,6 +246,7 @@ class MainWindow(QMainWindow):
         self.model_panel.load_requested.connect(self._load_model)
         self.concept_editor.concepts_edited.connect(c.set_concepts)
         self.concept_editor.import_requested.connect(self.import_concepts_dialog)
+        self.concept_editor.preserve_import_requested.connect(self.import_preserve_dialog)
         self.concept_editor.preserve_edited.connect(c.set_preserve)
         self.method_panel.method_selected.connect(c.set_method)
         self.method_panel.param_changed.connect(c.set_param)
@@ -319,7 +320,7 @@ class MainWindow(QMainWindow):
                 self.method_panel.set_values(values)
             if spec is not None:
                 self.concept_editor.set_columns_visible(spec.uses_guide, spec.uses_anchor)
-                self.concept_editor.preserve.setEnabled(spec.uses_preserve)
+                self.concept_editor.set_preserve_enabled(spec.uses_preserve)
         if changed & {"stack", "selected"}:
             items = [(i.label, i.strength, i.enabled,
                       "inference-time only: not baked into exports" if i.inference_only else "")
@@ -535,24 +536,23 @@ class MainWindow(QMainWindow):
             self.controller.save_session(path)
 
     def import_concepts_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Add concepts from a text file", "",
-                                              "Text files (*.txt);;All files (*)")
+        path = self._ask_concepts_file("Add concepts from a text file")
         if path:
             self.import_concepts(path)
 
+    def import_preserve_dialog(self) -> None:
+        path = self._ask_concepts_file("Add concepts to preserve from a text file")
+        if path:
+            self.import_preserve(path)
+
+    def _ask_concepts_file(self, title: str) -> str:
+        path, _ = QFileDialog.getOpenFileName(self, title, "", "Text files (*.txt);;All files (*)")
+        return path
+
     def import_concepts(self, path: str | Path) -> None:
         """Add the concepts listed in a text file (one per line) to the concept list."""
-        from engine.concept_lists import read_concepts_file
-        from engine.jobs import InputError
-
-        name = Path(path).name
-        try:
-            texts = read_concepts_file(path)
-        except InputError as exc:
-            self.state.set_error(ErrorInfo(exc.user_message, exc.detail))
-            return
+        texts = self._read_concepts_file(path)
         if not texts:
-            self.state.set_error(ErrorInfo(f"{name} lists no concepts; write one per line.", level="warning"))
             return
         builtin = self.state.model is not None and self.state.model.is_builtin
         known = {text.lower(): kind for group in presets(builtin).values() for text, kind in group}
@@ -562,9 +562,33 @@ class MainWindow(QMainWindow):
             return known.get(key) or known.get(key.removeprefix("by "), "object")
 
         added = self.concept_editor.add_concepts([(t, kind_of(t)) for t in texts])
-        skipped = len(texts) - added
-        self.state.set_error(ErrorInfo(f"Added {added} concept(s) from {name}"
-                                       + (f"; {skipped} were already listed." if skipped else "."), level="info"))
+        self._report_import(added, len(texts), path)
+
+    def import_preserve(self, path: str | Path) -> None:
+        """Add the concepts listed in a text file to the preserve list."""
+        texts = self._read_concepts_file(path)
+        if texts:
+            self._report_import(self.concept_editor.add_preserve(texts), len(texts), path)
+
+    def _read_concepts_file(self, path: str | Path) -> list[str]:
+        """The file's concepts, or [] after telling the user why there are none."""
+        from engine.concept_lists import read_concepts_file
+        from engine.jobs import InputError
+
+        try:
+            texts = read_concepts_file(path)
+        except InputError as exc:
+            self.state.set_error(ErrorInfo(exc.user_message, exc.detail))
+            return []
+        if not texts:
+            self.state.set_error(ErrorInfo(f"{Path(path).name} lists no concepts; write one per line.",
+                                           level="warning"))
+        return texts
+
+    def _report_import(self, added: int, listed: int, path: str | Path) -> None:
+        skipped = listed - added
+        self.state.set_error(ErrorInfo(f"Added {added} concept(s) from {Path(path).name}"
+                                       + (f"; {skipped} already listed." if skipped else "."), level="info"))
 
     def export_dialog(self) -> None:
         if self.state.model is None or not self.state.doc.stack:

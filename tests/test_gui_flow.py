@@ -170,10 +170,19 @@ def test_concepts_from_a_text_file(qtbot, window, tmp_path):
     window.import_concepts(listing)
     assert [(c.text, c.kind) for c in s.doc.concepts] == [
         ("red", "color"), ("blue", "color"), ("by Kusama", "style"), ("something new", "object")]
-    assert s.error.level == "info" and "Added 3 concept(s)" in s.error.message and "1 were already" in s.error.message
+    assert s.error.level == "info" and "Added 3 concept(s)" in s.error.message and "; 1 already listed." in s.error.message
     window.import_concepts(tmp_path / "missing.txt")
     assert s.error.message == "The concepts file missing.txt does not exist."
     assert len(s.doc.concepts) == 4  # nothing changed
+    keep = tmp_path / "keep.txt"
+    keep.write_text("green\nyellow\nGreen\n", encoding="utf-8")
+    window.import_preserve(keep)
+    assert s.doc.preserve == ["green", "yellow"]
+    assert window.concept_editor.preserve.text() == "green, yellow"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n", encoding="utf-8")
+    window.import_preserve(empty)
+    assert s.error.message == "empty.txt lists no concepts; write one per line." and s.doc.preserve == ["green", "yellow"]
 
 
 def test_cancel_running_esd(qtbot, window):

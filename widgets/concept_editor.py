@@ -52,6 +52,7 @@ class ConceptEditor(QWidget):
     concepts_edited = Signal(list)
     preserve_edited = Signal(list)
     import_requested = Signal()  # "From file…": the window asks for the file and calls add_concepts
+    preserve_import_requested = Signal()  # the same for the preserve list (add_preserve)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -105,11 +106,16 @@ class ConceptEditor(QWidget):
         preserve_row = QHBoxLayout()
         preserve_row.addWidget(QLabel("Preserve"))
         preserve_row.addWidget(self.preserve, 1)
+        self.preserve_import_button = QToolButton()
+        self.preserve_import_button.setText("…")
+        self.preserve_import_button.setToolTip("Add concepts to keep intact from a text file, one per line")
+        preserve_row.addWidget(self.preserve_import_button)
         layout.addLayout(preserve_row)
 
         self.add_button.clicked.connect(self.add_empty_row)
         self.remove_button.clicked.connect(self.remove_selected)
         self.import_button.clicked.connect(self.import_requested)
+        self.preserve_import_button.clicked.connect(self.preserve_import_requested)
         self.table.itemChanged.connect(self._on_item_changed)
         self.preserve.editingFinished.connect(self._emit_preserve)
 
@@ -247,6 +253,24 @@ class ConceptEditor(QWidget):
     def _emit(self) -> None:
         if not self._updating:
             self.concepts_edited.emit(self.concepts())
+
+    def set_preserve_enabled(self, enabled: bool) -> None:
+        self.preserve.setEnabled(enabled)
+        self.preserve_import_button.setEnabled(enabled)
+
+    def add_preserve(self, items: list[str]) -> int:
+        """Append preserve concepts not already listed (ignoring case and spacing); returns how many were added."""
+        current = [p.strip() for p in self.preserve.text().split(",") if p.strip()]
+        listed = {" ".join(p.lower().split()) for p in current}
+        fresh = []
+        for item in items:
+            key = " ".join(item.lower().split())
+            if key not in listed:
+                listed.add(key)
+                fresh.append(item)
+        self.preserve.setText(", ".join(current + fresh))
+        self._emit_preserve()
+        return len(fresh)
 
     def _emit_preserve(self) -> None:
         items = [p.strip() for p in self.preserve.text().split(",") if p.strip()]
