@@ -31,6 +31,7 @@ COMPONENTS = ("unet", "text_encoder")
 STACK_ATTRIBUTE = "_erasure_studio_stack"  # on a pipeline: a weak reference to the EditStack that owns its weights
 MANIFEST_KEY = "erasure_studio_manifest"
 FORMAT_VERSION = 1
+LABEL_CONCEPTS = 5  # concepts named in an edit's label (history list, model card); the manifest keeps them all
 
 
 def get_parameter(pipe: Any, name: str) -> torch.nn.Parameter:
@@ -89,8 +90,12 @@ class EditDelta:
 
     @property
     def label(self) -> str:
+        """"uce: red, blue"; a mass erasure names its first LABEL_CONCEPTS concepts and counts the rest."""
         concepts = self.manifest.get("concepts", {}).get("targets", [])
-        return f"{self.method}: {', '.join(concepts) or '(no concept)'}"
+        named = ", ".join(concepts[:LABEL_CONCEPTS]) or "(no concept)"
+        if len(concepts) > LABEL_CONCEPTS:
+            named += f" and {len(concepts) - LABEL_CONCEPTS} more"
+        return f"{self.method}: {named}"
 
     @classmethod
     def create(cls, pipe: Any, deltas: dict[str, torch.Tensor], method: str, concepts: dict[str, Any],

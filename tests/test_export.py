@@ -404,3 +404,10 @@ def test_cli_exports_and_reports_errors_in_one_line(tmp_path: Path, capsys) -> N
                  "--out", str(tmp_path / "e.safetensors")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "does not exist" in errors[0]
+
+
+def test_an_edit_label_names_five_concepts_and_counts_the_rest(builtin_model) -> None:
+    edit = make_edit(builtin_model.pipe)
+    assert edit.label == "test-method: red"
+    edit.manifest["concepts"]["targets"] = [f"c{i}" for i in range(8)]
+    assert edit.label == "test-method: c0, c1, c2, c3, c4 and 3 more"
