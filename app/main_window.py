@@ -33,7 +33,7 @@ from app.prompts import presets
 from app.qt_images import difference, pil_to_qimage
 from app.settings import Settings
 from app.state import ErrorInfo, StudioState
-from widgets.concept_editor import ConceptEditor
+from widgets.concept_editor import ConceptEditor, concept_key
 from widgets.error_banner import ErrorBanner
 from widgets.history_panel import HistoryPanel
 from widgets.image_grid import BeforeAfterGrid
@@ -555,10 +555,10 @@ class MainWindow(QMainWindow):
         if not texts:
             return
         builtin = self.state.model is not None and self.state.model.is_builtin
-        known = {text.lower(): kind for group in presets(builtin).values() for text, kind in group}
+        known = {concept_key(text): kind for group in presets(builtin).values() for text, kind in group}
 
         def kind_of(text: str) -> str:  # a preset's kind; "by Kusama" is the style preset "Kusama"
-            key = " ".join(text.lower().split())
+            key = concept_key(text)
             return known.get(key) or known.get(key.removeprefix("by "), "object")
 
         added = self.concept_editor.add_concepts([(t, kind_of(t)) for t in texts])

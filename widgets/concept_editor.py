@@ -30,12 +30,28 @@ GUIDE_TIP = "What the concept should turn into; empty uses the method's default.
 ANCHOR_TIP = "A related, harmless concept the method maps the erased one onto (Concept Ablation)."
 
 
+def concept_key(text: str) -> str:
+    """What two spellings of one concept share: "By  Kusama" and "by kusama" are the same concept."""
+    return " ".join(text.lower().split())
+
+
+def unlisted(listed: list[str], texts: list[str]) -> list[int]:
+    """Indices of ``texts`` whose concept is neither in ``listed`` nor earlier in ``texts``."""
+    seen = {concept_key(t) for t in listed}
+    fresh = []
+    for i, text in enumerate(texts):
+        if concept_key(text) not in seen:
+            seen.add(concept_key(text))
+            fresh.append(i)
+    return fresh
+
+
 def concept_problems(texts: list[str]) -> dict[int, str]:
     """Row -> one sentence, for empty and repeated concepts (case- and space-insensitive)."""
     problems: dict[int, str] = {}
     seen: dict[str, int] = {}
     for row, text in enumerate(texts):
-        key = " ".join(text.lower().split())
+        key = concept_key(text)
         if not key:
             problems[row] = f"Concept {row + 1} is empty; type a word or remove the row."
         elif key in seen:
@@ -166,13 +182,7 @@ class ConceptEditor(QWidget):
     def add_concepts(self, items: list[tuple[str, str]]) -> int:
         """Append (text, kind) pairs from a list, skipping any already listed (ignoring case and spacing); returns
         how many were added. One ``concepts_edited`` for the whole list."""
-        listed = {" ".join(c["text"].lower().split()) for c in self.concepts() if c["text"].strip()}
-        fresh: list[tuple[str, str]] = []
-        for text, kind in items:
-            key = " ".join(text.lower().split())
-            if key not in listed:
-                listed.add(key)
-                fresh.append((text, kind))
+        fresh = [items[i] for i in unlisted([c["text"] for c in self.concepts()], [text for text, _ in items])]
         self._append_concepts(fresh)
         return len(fresh)
 
@@ -261,13 +271,7 @@ class ConceptEditor(QWidget):
     def add_preserve(self, items: list[str]) -> int:
         """Append preserve concepts not already listed (ignoring case and spacing); returns how many were added."""
         current = [p.strip() for p in self.preserve.text().split(",") if p.strip()]
-        listed = {" ".join(p.lower().split()) for p in current}
-        fresh = []
-        for item in items:
-            key = " ".join(item.lower().split())
-            if key not in listed:
-                listed.add(key)
-                fresh.append(item)
+        fresh = [items[i] for i in unlisted(current, items)]
         self.preserve.setText(", ".join(current + fresh))
         self._emit_preserve()
         return len(fresh)
