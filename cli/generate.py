@@ -36,21 +36,22 @@ def run(args: argparse.Namespace) -> int:
                                 steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
                                 scheduler=args.scheduler)
     images = generate(model, request, progress=print_progress)
-    if args.out.suffix.lower() == ".png":
+    out = args.out
+    if out.suffix.lower() == ".png":
         # a file name means the user wants that file, not a folder named like an image
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
         if len(images) == 1:
-            save_png(images[0], args.out)
-            print(f"wrote {args.out}")
+            save_png(images[0], out)
+            print(f"wrote {out}")
             return 0
-        for seed, image in zip(args.seeds, images):
-            save_png(image, args.out.with_name(f"{args.out.stem}-{seed}.png"))
-        save_png(image_grid(images), args.out)
-        print(f"wrote the grid of {len(images)} images to {args.out}, each beside it as {args.out.stem}-<seed>.png")
-        return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    for seed, image in zip(args.seeds, images):
-        save_png(image, args.out / f"{seed}.png")
-    save_png(image_grid(images), args.out / "grid.png")
-    print(f"wrote {len(images)} image(s) and grid.png to {args.out}")
+        grid_path, seed_paths = out, [out.with_name(f"{out.stem}-{seed}.png") for seed in args.seeds]
+        done = f"wrote the grid of {len(images)} images to {out}, each beside it as {out.stem}-<seed>.png"
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        grid_path, seed_paths = out / "grid.png", [out / f"{seed}.png" for seed in args.seeds]
+        done = f"wrote {len(images)} image(s) and grid.png to {out}"
+    for path, image in zip(seed_paths, images):
+        save_png(image, path)
+    save_png(image_grid(images), grid_path)
+    print(done)
     return 0
