@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from cli.common import add_edit_arguments, add_model_argument, load_model_from_args, print_progress, seed_list
 
@@ -35,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
                                          erased=args.erased, quick=args.quick, use_cache=not args.no_cache),
                       progress=print_progress)
     data = report.to_json()
-    if args.probe == "embedding":
+    skipped = probe_skip_reason(model.stack) if args.probe == "embedding" else None
+    if skipped:
+        data["probe_skipped"] = skipped
+    elif args.probe == "embedding":
         from engine.probe import probe_recovery
 
         for concept, entry in data["erased"].items():
@@ -49,6 +53,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_summary(data)
     return 0
+
+
+def probe_skip_reason(stack: Any) -> str | None:
+    """Why the probe has nothing to measure, or None: it inverts weight edits, and SLD steers sampling instead
+    (the probe's generations do not apply it)."""
+    weights = [e for e in stack.entries if e.enabled and e.strength > 0 and not e.edit.is_inference_only]
+    if stack.inference_entries() and not weights:
+        return "the edits steer sampling (SLD) and change no weights, so there is nothing to probe"
+    return None
 
 
 def print_summary(data: dict) -> None:
@@ -67,6 +80,8 @@ def print_summary(data: dict) -> None:
         if "probe_recovery" in e:
             line += f", probe recovery {e['probe_recovery']:.1%}"
         print(line)
+    if "probe_skipped" in data:
+        print(f"probe: not run; {data['probe_skipped']}")
     if data["specificity"] is not None:
         by_kind = ", ".join(f"{k}s {v:.1%}" for k, v in data.get("specificity_by_kind", {}).items())
         print(f"specificity (everything else, relative to unedited): {data['specificity']:.1%}"

@@ -206,3 +206,14 @@ def test_generate_with_sld_without_entries_is_the_pipeline(model):
 
     images = generate_with_sld(pipe, [], common, on_step)
     assert len(images) == 1 and calls == list(range(5))
+
+
+def test_eval_probe_is_not_run_on_an_sld_only_stack(model):
+    """The probe inverts weight edits; for SLD, which changes no weights, eval says so instead of a rate."""
+    from cli.eval import probe_skip_reason
+
+    assert probe_skip_reason(model.stack) is None  # unedited: the probe's rate is the plain accuracy
+    model.stack.push(sld_edit(model))
+    assert "steer sampling (SLD)" in probe_skip_reason(model.stack)
+    model.stack.set_strength(0, 0.0)
+    assert probe_skip_reason(model.stack) is None
