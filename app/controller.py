@@ -785,6 +785,7 @@ def _measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: i
                  strengths: tuple[float, ...], sig: tuple, strength: float):
     def run(ctx: EngineContext, progress, cancel: CancelToken) -> MetricsResult:
         from engine.evaluate import EvalRequest, evaluate
+        from engine.probe import probe_skip_reason
 
         _require_model(ctx)
         model = ctx.model
@@ -802,7 +803,7 @@ def _measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: i
             report = evaluate(model, request, progress, cancel)
             eff, gen, spec, eff0, gen0 = summarize(report)
             probe = None
-            if any(enabled and s > 0 and not edit.is_inference_only for edit, s, enabled in snapshot):
+            if probe_skip_reason(model.stack) is None:
                 probe = _mean_probe_recovery(model, report, seeds, steps, guidance, progress, cancel)
             curve = []
             for s in strengths:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from cli.common import add_edit_arguments, add_model_argument, load_model_from_args, print_progress, seed_list
 
@@ -36,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
                                          erased=args.erased, quick=args.quick, use_cache=not args.no_cache),
                       progress=print_progress)
     data = report.to_json()
+    from engine.probe import probe_skip_reason
+
     skipped = probe_skip_reason(model.stack) if args.probe == "embedding" else None
     if skipped:
         data["probe_skipped"] = skipped
@@ -53,15 +54,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_summary(data)
     return 0
-
-
-def probe_skip_reason(stack: Any) -> str | None:
-    """Why the probe has nothing to measure, or None: it inverts weight edits, and SLD steers sampling instead
-    (the probe's generations do not apply it)."""
-    weights = [e for e in stack.entries if e.enabled and e.strength > 0 and not e.edit.is_inference_only]
-    if stack.inference_entries() and not weights:
-        return "the edits steer sampling (SLD) and change no weights, so there is nothing to probe"
-    return None
 
 
 def print_summary(data: dict) -> None:

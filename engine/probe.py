@@ -38,6 +38,15 @@ class ProbeResult:
     reg: float = 0.0
 
 
+def probe_skip_reason(stack: Any) -> str | None:
+    """Why the probe has nothing to measure, or None: it inverts weight edits, and SLD steers sampling instead
+    (the probe's generations do not apply it)."""
+    weights = [e for e in stack.entries if e.enabled and e.strength > 0 and not e.edit.is_inference_only]
+    if stack.inference_entries() and not weights:
+        return "the edits steer sampling (SLD) and change no weights, so there is nothing to probe"
+    return None
+
+
 def probe_map(model: Any, reg: float) -> torch.Tensor:
     """R (d×d, float64) with c′ = R c for the model's current weights against its base weights."""
     gram_cur, cross = None, None

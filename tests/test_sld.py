@@ -210,7 +210,7 @@ def test_generate_with_sld_without_entries_is_the_pipeline(model):
 
 def test_eval_probe_is_not_run_on_an_sld_only_stack(model):
     """The probe inverts weight edits; for SLD, which changes no weights, eval says so instead of a rate."""
-    from cli.eval import probe_skip_reason
+    from engine.probe import probe_skip_reason
 
     assert probe_skip_reason(model.stack) is None  # unedited: the probe's rate is the plain accuracy
     model.stack.push(sld_edit(model))
