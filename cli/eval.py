@@ -35,19 +35,18 @@ def run(args: argparse.Namespace) -> int:
                                          erased=args.erased, quick=args.quick, use_cache=not args.no_cache),
                       progress=print_progress)
     data = report.to_json()
-    from engine.probe import probe_skip_reason
+    if args.probe == "embedding":
+        from engine.probe import probe_recovery, probe_skip_reason
 
-    skipped = probe_skip_reason(model.stack) if args.probe == "embedding" else None
-    if skipped:
-        data["probe_skipped"] = skipped
-    elif args.probe == "embedding":
-        from engine.probe import probe_recovery
-
-        for concept, entry in data["erased"].items():
-            result = probe_recovery(model, concept, entry["kind"], seeds=args.seeds, steps=args.steps,
-                                    guidance=args.guidance, progress=print_progress)
-            entry["probe_recovery"] = round(result.recovery_rate, 4)
-            entry["probe_per_prompt"] = result.per_prompt
+        skipped = probe_skip_reason(model.stack)
+        if skipped:
+            data["probe_skipped"] = skipped
+        else:
+            for concept, entry in data["erased"].items():
+                result = probe_recovery(model, concept, entry["kind"], seeds=args.seeds, steps=args.steps,
+                                        guidance=args.guidance, progress=print_progress)
+                entry["probe_recovery"] = round(result.recovery_rate, 4)
+                entry["probe_per_prompt"] = result.per_prompt
     if args.json:
         json.dump(data, sys.stdout, indent=1)
         print()

@@ -40,8 +40,9 @@ def unlisted(listed: list[str], texts: list[str]) -> list[int]:
     seen = {concept_key(t) for t in listed}
     fresh = []
     for i, text in enumerate(texts):
-        if concept_key(text) not in seen:
-            seen.add(concept_key(text))
+        key = concept_key(text)
+        if key not in seen:
+            seen.add(key)
             fresh.append(i)
     return fresh
 
