@@ -26,7 +26,7 @@ from app.prompts import default_prompts
 from app.settings import Settings
 from app.state import Concept, Document, ErrorInfo, JobStatus, ModelInfo, StackItem, StudioState
 from app.worker import EngineContext, EngineWorker, Job, JobFailure
-from engine.jobs import Cancelled, CancelToken, InputError, Progress
+from engine.jobs import Cancelled, CancelToken, EditMismatchError, InputError, Progress
 from engine.paths import data_dir
 
 PREVIEW_DEBOUNCE_MS = 120
@@ -334,6 +334,16 @@ class Controller(QObject):
         self._preview_timer.stop()
         self.worker.cancel()
 
+    def import_edits(self, paths: list[str | Path]) -> int | None:
+        """Add edit files (from ``erase --out``, an export or a colleague) to the stack, checked against the model."""
+        if self.state.model is None:
+            self.state.set_error(ErrorInfo("Load a model first; an edit is applied to the model it was made for.",
+                                           level="info"))
+            return None
+        self.state.set_error(None)
+        files = [str(p) for p in paths]
+        return self._submit("import-edits", _import_edits_job(files), f"Importing {len(files)} edit file(s)")
+
     # ------------------------------------------------------------------ previews
     def request_preview(self) -> None:
         self._preview_timer.start()
@@ -436,7 +446,8 @@ class Controller(QObject):
                                            level="info"))
             return None
         doc = self.state.doc
-        concepts = [c.text.strip() for c in doc.concepts if c.text.strip()]
+        # an imported edit may come with an empty concept list: then measure the concepts the stack erased
+        concepts = [c.text.strip() for c in doc.concepts if c.text.strip()] or self._stack_targets(doc.stack)
         if not concepts or not doc.stack:
             self.state.set_error(ErrorInfo("Erase a concept first; metrics compare the edited model with the "
                                            "original.", level="info"))
@@ -447,6 +458,11 @@ class Controller(QObject):
                            doc.preview.guidance, selected, strengths, stack_signature(doc.stack),
                            doc.stack[selected].strength)
         return self._submit("evaluate", job, "Measuring erasure", supersede=True)
+
+    def _stack_targets(self, stack: list[StackItem]) -> list[str]:
+        targets = [t for item in stack if item.edit_id in self.edits
+                   for t in self.edits[item.edit_id].manifest.get("concepts", {}).get("targets", [])]
+        return list(dict.fromkeys(targets))
 
     # ------------------------------------------------------------------ sessions
     def model_ref(self) -> sessions.ModelRef:
@@ -584,7 +600,7 @@ class Controller(QObject):
             self.state.model_changed.emit()
         if kind == "export":
             self.export_failed.emit("The export was cancelled; nothing was written.")
-        if kind in ("erase", "evaluate", "export", "load"):
+        if kind in ("erase", "evaluate", "export", "load", "import-edits"):
             self.state.set_error(ErrorInfo("The job was cancelled; nothing was changed.", level="info"))
 
     # -- per-kind results
@@ -619,16 +635,27 @@ class Controller(QObject):
         self.state.metrics_changed.emit()
         self.request_preview()
 
-    def _finished_erase(self, _job_id: int, edit: Any) -> None:
-        edit_id = uuid.uuid4().hex[:16]
-        self.edits[edit_id] = edit
+    def _push_edits(self, edits: list[Any], label: str) -> None:
+        """Append edits to the stack at strength 1 in one undo step; the last one is selected."""
         doc = self._edit()
-        doc.stack.append(StackItem(edit_id, edit.label, edit.method, 1.0, True, bool(edit.is_inference_only)))
+        for edit in edits:
+            edit_id = uuid.uuid4().hex[:16]
+            self.edits[edit_id] = edit
+            doc.stack.append(StackItem(edit_id, edit.label, edit.method, 1.0, True, bool(edit.is_inference_only)))
         doc.selected = len(doc.stack) - 1
-        self._commit(doc, "erase")
+        self._commit(doc, label)
+
+    def _finished_erase(self, _job_id: int, edit: Any) -> None:
+        self._push_edits([edit], "erase")
         warnings = list(edit.manifest.get("warnings") or [])  # e.g. a concept cut to the text encoder's length
         if warnings:
             self.state.set_error(ErrorInfo(warnings[0], "\n".join(warnings[1:]), level="warning"))
+
+    def _finished_import_edits(self, _job_id: int, imported: list[tuple[str, Any]]) -> None:
+        self._push_edits([edit for _name, edit in imported], "import edit")
+        names = ", ".join(f"{name} ({edit.label})" for name, edit in imported[:3])
+        more = f" and {len(imported) - 3} more" if len(imported) > 3 else ""
+        self.state.set_error(ErrorInfo(f"Imported {names}{more}.", level="info"))
 
     def _finished_preview(self, job_id: int, _result: Any) -> None:
         self._plans.pop(job_id, None)
@@ -835,6 +862,28 @@ def _mean_probe_recovery(model: Any, report: Any, seeds: list[int], steps: int, 
                             progress=progress, cancel=cancel).recovery_rate
              for concept, entry in report.erased.items() if entry.get("kind") in KINDS]
     return sum(rates) / len(rates) if rates else None
+
+
+def _import_edits_job(paths: list[str]):
+    def run(ctx: EngineContext, progress, cancel: CancelToken) -> list[tuple[str, Any]]:
+        from engine.edits import EditDelta
+
+        _require_model(ctx)
+        imported = []
+        for i, path in enumerate(paths):
+            name = Path(path).name
+            progress(Progress("import", i, len(paths), f"Reading {name}"))
+            edit = EditDelta.load(path)
+            try:
+                edit.check_fits(ctx.model.pipe, {n: ctx.model.stack.original(n) for n in edit.deltas})
+            except EditMismatchError as exc:
+                raise EditMismatchError(f"{name} was made for a different model; load that model, then import "
+                                        "the edit again.", exc.detail) from exc
+            imported.append((name, edit))
+            cancel.raise_if_cancelled()
+        return imported
+
+    return run
 
 
 def _open_session_job(data: sessions.SessionData):

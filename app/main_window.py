@@ -203,6 +203,9 @@ class MainWindow(QMainWindow):
         self._action(file, "Save session", self.save_session, QKeySequence.StandardKey.Save)
         self._action(file, "Save session as…", self.save_session_as, "Ctrl+Shift+S")
         file.addSeparator()
+        self._action(file, "Import edit file…", self.import_edits_dialog, "Ctrl+I",
+                     "Add an Erasure Studio edit (.safetensors, from 'main.py erase --out' or an export) to the "
+                     "stack; it must have been made for the loaded model.")
         self.export_action = self._action(file, "Export edited model…", self.export_dialog, "Ctrl+E")
         file.addSeparator()
         self._action(file, "Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -535,6 +538,13 @@ class MainWindow(QMainWindow):
         if path:
             self.controller.save_session(path)
 
+    def import_edits_dialog(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Import edit files", self.settings.edit_folder,
+                                                "Edit files (*.safetensors);;All files (*)")
+        if paths:
+            self.settings.edit_folder = str(Path(paths[0]).parent)
+            self.controller.import_edits(paths)
+
     def import_concepts_dialog(self) -> None:
         path = self._ask_concepts_file("Add concepts from a text file")
         if path:
@@ -670,15 +680,22 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:
-        urls = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        if not urls:
-            return
-        path = urls[0]
-        if path.endswith(".json"):
-            self.controller.open_session(path)
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            self.open_paths(paths)
+            event.acceptProposedAction()
+
+    def open_paths(self, paths: list[str]) -> None:
+        """Dropped files: a session, edit files (added to the stack), or else a model to load."""
+        from engine.safetensors_header import is_edit_file
+
+        edits = [p for p in paths if p.lower().endswith(".safetensors") and is_edit_file(p)]
+        if paths[0].endswith(".json"):
+            self.controller.open_session(paths[0])
+        elif edits:
+            self.controller.import_edits(edits)
         else:
-            self.model_panel.request_load(path)
-        event.acceptProposedAction()
+            self.model_panel.request_load(paths[0])
 
     def closeEvent(self, event) -> None:
         log.info("closing the window")

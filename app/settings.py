@@ -93,6 +93,16 @@ class Settings:
     def preview_steps(self, value: int) -> None:
         self._set("preview/steps", int(value))
 
+    # -- files
+    @property
+    def edit_folder(self) -> str:
+        """Where the last edit file was imported from ("" until one was)."""
+        return str(self._get("files/edit_folder", ""))
+
+    @edit_folder.setter
+    def edit_folder(self, value: str) -> None:
+        self._set("files/edit_folder", value)
+
     # -- window
     @property
     def geometry(self) -> QByteArray | None:

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from engine.jobs import EditMismatchError, InputError
+from engine.safetensors_header import MANIFEST_KEY
 
 COMPONENTS = ("unet", "text_encoder")
 STACK_ATTRIBUTE = "_erasure_studio_stack"  # on a pipeline: a weak reference to the EditStack that owns its weights
-MANIFEST_KEY = "erasure_studio_manifest"
 FORMAT_VERSION = 1
 LABEL_CONCEPTS = 5  # concepts named in an edit's label (history list, model card); the manifest keeps them all
 
@@ -58,10 +58,15 @@ def fingerprint(pipe: Any, names: list[str] | tuple[str, ...]) -> str:
     """
     ref = getattr(pipe, STACK_ATTRIBUTE, None)
     stack = ref() if ref is not None else None
+    return tensors_digest({name: stack.original(name) if stack is not None else get_parameter(pipe, name).detach()
+                           for name in names})
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over (name, shape, float32 bytes) of each tensor, sorted by name."""
     digest = hashlib.sha256()
-    for name in sorted(names):
-        original = stack.original(name) if stack is not None else get_parameter(pipe, name).detach()
-        tensor = original.detach().to("cpu", torch.float32).contiguous()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu", torch.float32).contiguous()
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.numpy().tobytes())
@@ -125,13 +130,7 @@ class EditDelta:
             return
         expected = self.manifest.get("fingerprint", "")
         if original is not None:
-            digest = hashlib.sha256()
-            for name in sorted(self.deltas):
-                tensor = original[name].to("cpu", torch.float32).contiguous()
-                digest.update(name.encode())
-                digest.update(str(tuple(tensor.shape)).encode())
-                digest.update(tensor.numpy().tobytes())
-            actual = digest.hexdigest()
+            actual = tensors_digest({name: original[name] for name in self.deltas})
         else:
             actual = fingerprint(pipe, list(self.deltas))
         if expected != actual:

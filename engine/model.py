@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import engine  # noqa: F401  (sets the offline switches before diffusers is imported)
 from engine.jobs import CancelToken, ModelLoadError, Progress, ProgressCallback, no_progress
+from engine.safetensors_header import MANIFEST_KEY, HeaderError, read_header
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ ARCHITECTURE_NAMES = {
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 UNET = "model.diffusion_model."
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors refuses larger headers too
 
 
 @dataclass
@@ -199,7 +198,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ModelLoadError(f"{path.name} is empty (0 bytes); it is not a model.", str(path))
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        state = _read_safetensors(path, size)
+        state = _read_safetensors(path)
     elif suffix in PICKLE_SUFFIXES:
         state = _read_pickle(path)
     else:
@@ -215,35 +214,21 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return tensors
 
 
-def _read_safetensors(path: Path, size: int) -> dict[str, Any]:
+def _read_safetensors(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    not_a_model = ModelLoadError(f"{path.name} is not a model file (it is not in the safetensors format).",
-                                 str(path))
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise not_a_model
-        (header_len,) = struct.unpack("<Q", head)
-        first = f.read(1)
-        if first != b"{" or header_len > _MAX_HEADER:
-            raise not_a_model
-        if 8 + header_len > size:
-            raise ModelLoadError(f"{path.name} is incomplete (the file ends early); copy or download it again.",
-                                 f"header of {header_len} bytes, file of {size}")
-        try:
-            header = json.loads(first + f.read(header_len - 1))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise not_a_model from exc
-    if not isinstance(header, dict):
-        raise not_a_model
     try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise ModelLoadError(f"{path.name} is damaged (its table of contents is invalid).", repr(exc)) from exc
-    if 8 + header_len + end > size:
-        raise ModelLoadError(f"{path.name} is incomplete (the file ends early); copy or download it again.",
-                             f"needs {8 + header_len + end} bytes, has {size}")
+        header = read_header(path)
+    except HeaderError as exc:
+        message = {
+            "format": f"{path.name} is not a model file (it is not in the safetensors format).",
+            "truncated": f"{path.name} is incomplete (the file ends early); copy or download it again.",
+            "damaged": f"{path.name} is damaged (its table of contents is invalid).",
+        }[exc.problem]
+        raise ModelLoadError(message, exc.detail or str(path)) from exc
+    if MANIFEST_KEY in (header.get("__metadata__") or {}):
+        raise ModelLoadError(f"{path.name} is an Erasure Studio edit, not a model; load the model it was made for "
+                             "and apply the edit to it (--edit, or File > Import edit in the studio).", str(path))
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises several types for broken files

@@ -185,6 +185,47 @@ def test_concepts_from_a_text_file(qtbot, window, tmp_path):
     assert s.error.message == "empty.txt lists no concepts; write one per line." and s.doc.preserve == ["green", "yellow"]
 
 
+def test_import_edit_files_from_the_cli_and_drop_them(qtbot, window, tmp_path, builtin_model):
+    """An edit made by `erase --out` joins the stack (menu or drop); a misfit or a model file is refused plainly."""
+    from engine.edits import EditDelta
+    from engine.methods import EraseRequest, erase
+
+    s = window.state
+    red = tmp_path / "red.safetensors"
+    erase(builtin_model, EraseRequest("uce", ["red"])).save(red)
+    before = {k: pixels(v) for k, v in s.before.items()}
+
+    window.open_paths([str(red)])  # what dropping the file on the window does
+    qtbot.waitUntil(lambda: len(s.doc.stack) == 1, timeout=WAIT_MS)
+    idle(qtbot, window)
+    assert s.doc.stack[0].label == "uce: red" and s.doc.stack[0].strength == 1.0
+    assert s.error.level == "info" and s.error.message == "Imported red.safetensors (uce: red)."
+    assert s.model.source == "builtin"  # imported onto the model, not loaded as one
+    for seed in s.doc.seeds:
+        key = ("a red circle", seed)
+        assert np.abs(pixels(s.after[key]) - before[key]).max() > 30  # the edit is applied in the preview
+    window.controller.undo()  # one undo step removes the import
+    assert s.doc.stack == []
+
+    misfit = EditDelta.load(red)
+    misfit.manifest["fingerprint"] = "0" * 64  # as if made for another model of the same shape
+    other = tmp_path / "other model.safetensors"
+    misfit.save(other)
+    window.controller.import_edits([str(other)])
+    idle(qtbot, window)
+    assert s.error.level == "error" and s.doc.stack == []
+    assert s.error.message == ("other model.safetensors was made for a different model; load that model, then "
+                               "import the edit again.")
+
+    checkpoint = tmp_path / "weights.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": builtin_model.pipe.unet.conv_in.bias.detach().clone()}, str(checkpoint))
+    window.open_paths([str(checkpoint)])  # not an edit: loaded as a model, refused, the built-in model kept
+    idle(qtbot, window)
+    assert s.error.level == "error" and s.model.source == "builtin" and s.doc.stack == []
+
+
 def test_cancel_running_esd(qtbot, window):
     s = window.state
     window.concept_editor.add_concept("red", "color")

@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import weights_digest
+from safetensors.torch import save_file
 from test_gui_flow import idle, open_window, studio_home  # noqa: F401  (studio_home is a fixture)
 from test_loading import _Marker, _one_sentence, _safetensors_with, _tiny_state, _write
 
 from engine.ldm_keys import pipeline_to_ldm_state_dict
+from engine.safetensors_header import MANIFEST_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +56,10 @@ def build_hostile_files(folder: Path, tiny_sd1_dir: Path) -> dict[str, tuple[Pat
     no_index = folder / "no-index"
     (no_index / "unet").mkdir(parents=True)
     (no_index / "unet" / "config.json").write_text("{}")
+    edit_file = folder / "red edit.safetensors"  # what `erase --out` writes, given where a model belongs
+    save_file({"unet.conv_in.bias": torch.zeros(2)}, str(edit_file), metadata={MANIFEST_KEY: json.dumps({})})
     return {
+        "an edit file, not a model": (edit_file, "is an Erasure Studio edit, not a model"),
         "zero bytes": (_write(folder / "empty.safetensors", b""), "empty"),
         "random bytes": (_write(folder / "random.safetensors", rng.bytes(20000)), "not a model file"),
         "header claims more data": (_write(folder / "claims.safetensors", whole[:50000]), "incomplete"),
@@ -88,7 +93,7 @@ def test_engine_refuses_each_file_in_one_sentence(hostile) -> None:
     from engine.jobs import ModelLoadError
     from engine.model import load_model
 
-    for name in ("ckpt of an unknown architecture", "SDXL folder", "header not JSON", "truncated data"):
+    for name in ("an edit file, not a model", "ckpt of an unknown architecture", "SDXL folder", "header not JSON", "truncated data"):
         path, expected = hostile[name]
         with pytest.raises(ModelLoadError) as info:
             load_model(path, device="cpu")
