@@ -204,6 +204,9 @@ def test_import_edit_files_from_the_cli_and_drop_them(qtbot, window, tmp_path, b
     for seed in s.doc.seeds:
         key = ("a red circle", seed)
         assert np.abs(pixels(s.after[key]) - before[key]).max() > 30  # the edit is applied in the preview
+    assert s.doc.concepts == [] and window.controller.measure() is not None  # measures the edit's own concepts
+    window.controller.cancel()
+    idle(qtbot, window)
     window.controller.undo()  # one undo step removes the import
     assert s.doc.stack == []
 
