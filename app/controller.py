@@ -344,6 +344,23 @@ class Controller(QObject):
         files = [str(p) for p in paths]
         return self._submit("import-edits", _import_edits_job(files), f"Importing {len(files)} edit file(s)")
 
+    def save_edit(self, index: int, path: str | Path) -> int | None:
+        """Write one stack entry's edit (at its full strength, manifest included) to ``path``."""
+        stack = self.state.doc.stack
+        if not 0 <= index < len(stack):
+            return None
+        edit = self.edits[stack[index].edit_id]
+        target = Path(path)
+
+        def run(ctx: EngineContext, progress, cancel: CancelToken) -> str:
+            edit.save(target)
+            return f"Saved {edit.label} to {target}."
+
+        return self._submit("save-edit", run, f"Saving {target.name}")
+
+    def _finished_save_edit(self, _job_id: int, message: str) -> None:
+        self.state.set_error(ErrorInfo(message, level="info"))
+
     # ------------------------------------------------------------------ previews
     def request_preview(self) -> None:
         self._preview_timer.start()

@@ -6,6 +6,7 @@ shown before the engine starts, so it appears before torch is imported.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,7 @@ class MainWindow(QMainWindow):
         self.history.enabled_changed.connect(c.set_enabled)
         self.history.strength_changed.connect(lambda i, v: c.set_strength(v, i))
         self.history.remove_requested.connect(c.remove_edit)
+        self.history.save_requested.connect(self.save_edit_dialog)
         self.history.move_requested.connect(c.move_edit)
         self.history.selection_changed.connect(c.select_edit)
         self.prompt_panel.prompts_edited.connect(c.set_prompts)
@@ -544,6 +546,16 @@ class MainWindow(QMainWindow):
         if paths:
             self.settings.edit_folder = str(Path(paths[0]).parent)
             self.controller.import_edits(paths)
+
+    def save_edit_dialog(self, index: int) -> None:
+        item = self.state.doc.stack[index]
+        stem = re.sub(r"\W+", "-", item.label).strip("-")[:40] or "edit"  # "uce: red, blue" -> "uce-red-blue"
+        start = str(Path(self.settings.edit_folder or Path.home()) / f"{stem}.safetensors")
+        path, _ = QFileDialog.getSaveFileName(self, "Save edit", start, "Edit files (*.safetensors)")
+        if path:
+            path = path if path.lower().endswith(".safetensors") else path + ".safetensors"
+            self.settings.edit_folder = str(Path(path).parent)
+            self.controller.save_edit(index, path)
 
     def import_concepts_dialog(self) -> None:
         path = self._ask_concepts_file("Add concepts from a text file")

@@ -141,9 +141,13 @@ class EditDelta:
         from safetensors.torch import save_file
 
         from engine.atomic import atomic_path
+        from engine.export.writer import disk_error
 
-        with atomic_path(Path(path)) as tmp:
-            save_file(self.deltas, str(tmp), metadata={MANIFEST_KEY: json.dumps(self.manifest)})
+        try:
+            with atomic_path(Path(path)) as tmp:
+                save_file(self.deltas, str(tmp), metadata={MANIFEST_KEY: json.dumps(self.manifest)})
+        except OSError as exc:  # a full disk, a read-only folder: one sentence, and nothing left behind
+            raise disk_error(exc, Path(path)) from exc
 
     @classmethod
     def load(cls, path: str | Path) -> EditDelta:

@@ -187,6 +187,8 @@ def test_concepts_from_a_text_file(qtbot, window, tmp_path):
 
 def test_import_edit_files_from_the_cli_and_drop_them(qtbot, window, tmp_path, builtin_model):
     """An edit made by `erase --out` joins the stack (menu or drop); a misfit or a model file is refused plainly."""
+    import torch
+
     from engine.edits import EditDelta
     from engine.methods import EraseRequest, erase
 
@@ -204,6 +206,21 @@ def test_import_edit_files_from_the_cli_and_drop_them(qtbot, window, tmp_path, b
     for seed in s.doc.seeds:
         key = ("a red circle", seed)
         assert np.abs(pixels(s.after[key]) - before[key]).max() > 30  # the edit is applied in the preview
+    copy = tmp_path / "shared" / "red copy.safetensors"
+    copy.parent.mkdir()
+    window.history.list.setCurrentRow(0)
+    assert window.history.save.isEnabled()
+    window.controller.save_edit(0, copy)  # what the history panel's Save… does once a path is chosen
+    idle(qtbot, window)
+    assert s.error.message == f"Saved uce: red to {copy}."
+    saved, original = EditDelta.load(copy), EditDelta.load(red)
+    assert saved.manifest == original.manifest
+    assert all(torch.equal(saved.deltas[k], original.deltas[k]) for k in original.deltas)
+    window.controller.save_edit(0, red / "x.safetensors")  # a "folder" that is a file: refused in one sentence
+    idle(qtbot, window)
+    assert s.error.level == "error" and "\n" not in s.error.message, s.error.message
+    assert EditDelta.load(red).manifest == original.manifest  # untouched
+
     assert s.doc.concepts == [] and window.controller.measure() is not None  # measures the edit's own concepts
     window.controller.cancel()
     idle(qtbot, window)

@@ -47,23 +47,27 @@ class HistoryPanel(QWidget):
     remove_requested = Signal(int)
     move_requested = Signal(int, int)
     selection_changed = Signal(int)
+    save_requested = Signal(int)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.list = QListWidget()
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.list.setMinimumHeight(90)
-        self.empty = QLabel("No edits yet: add a concept and press Erase.")
+        self.empty = QLabel("No edits yet: add a concept and press Erase, or import an edit file (Ctrl+I).")
         self.empty.setObjectName("muted")
         self.empty.setWordWrap(True)
         self.up = QPushButton("Up")
         self.down = QPushButton("Down")
         self.remove = QPushButton("Remove")
+        self.save = QPushButton("Save…")
         self.up.setToolTip("Apply this edit earlier")
         self.down.setToolTip("Apply this edit later")
         self.remove.setToolTip("Remove this edit (undo brings it back)")
+        self.save.setToolTip("Save this edit as a file that 'main.py generate --edit', another session or a "
+                             "colleague can apply (File > Import edit file)")
         buttons = QHBoxLayout()
-        for b in (self.up, self.down, self.remove):
+        for b in (self.up, self.down, self.remove, self.save):
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -73,6 +77,7 @@ class HistoryPanel(QWidget):
         self.up.clicked.connect(lambda: self._move(-1))
         self.down.clicked.connect(lambda: self._move(1))
         self.remove.clicked.connect(self._remove)
+        self.save.clicked.connect(lambda: self._emit_selected(self.save_requested))
         self.list.currentRowChanged.connect(self._on_row)
         self._updating = False
         self._update_buttons()
@@ -112,15 +117,19 @@ class HistoryPanel(QWidget):
             self.move_requested.emit(row, target)
 
     def _remove(self) -> None:
+        self._emit_selected(self.remove_requested)
+
+    def _emit_selected(self, signal) -> None:
         row = self.list.currentRow()
         if 0 <= row < self.list.count():
-            self.remove_requested.emit(row)
+            signal.emit(row)
 
     def _update_buttons(self) -> None:
         row, n = self.list.currentRow(), self.list.count()
         self.up.setEnabled(row > 0)
         self.down.setEnabled(0 <= row < n - 1)
         self.remove.setEnabled(0 <= row < n)
+        self.save.setEnabled(0 <= row < n)
 
     def keyPressEvent(self, event) -> None:
         if event.key() == Qt.Key.Key_Delete:
