@@ -182,6 +182,15 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # (GPM-style: the weight change projected after every Adam step off the top eigenvectors of the layer's input (or 3×3
 # patch) covariance over 20 held prompts on their own latents and the empty prompt; biases not trained): keeping 99 %
 # of that energy (lr 4e-5 / 2e-4) red 16 / 16, orange 16; 95 % (2e-4) red 8, orange 12; 90 % (1e-3) red 0, orange 1.
+# Nor does a repair after training (2026-12-02, ninth session): with the trained esd-u weights held, every attn2
+# Linear (which reads the prompt's words, so it can tell red from orange) trained for 1000 steps (lr 3e-4) so that
+# sibling prompts and the empty prompt predict what the original model predicted on their own latents while red's
+# prompts keep the esd-u model's prediction (plain red / crimson / scarlet and sibling prompts, 4 seeds, red left /
+# orange kept of 16, default esd-u 1 / 0): holding red's plain captions only, 0 / 15 there, but over the suite (4
+# seeds, all 80 unrelated prompts) red came back in 29 % of red prompts (synonyms 0 %), specificity 92.7 %; with the
+# siblings' plain captions first among 60 held runs, red held in every caption form 0 / 3 and suite 38 % / 79.1 %,
+# in plain forms only 0 / 10 and suite 23 % / 82.7 %. The repair moves along the same trade: what gives orange back
+# gives red back too.
 # esd-x, tried and not kept (2026-12-02): the preserve projection also keeping the change on red's paraphrases ("red
 # circle", "a circle colored red") and taking it off the sibling colors' (UCE's ``paraphrases``). Off-template
 # phrasings (scripts/phrasing_spot_check.py, 4 seeds): other colors kept 104 → 105 of 120 (orange 14 → 20, yellow
