@@ -892,7 +892,7 @@ def _import_edits_job(paths: list[str]):
             progress(Progress("import", i, len(paths), f"Reading {name}"))
             edit = EditDelta.load(path)
             try:
-                edit.check_fits(ctx.model.pipe, {n: ctx.model.stack.original(n) for n in edit.deltas})
+                ctx.model.stack.check_fits(edit)
             except EditMismatchError as exc:
                 raise EditMismatchError(f"{name} was made for a different model; load that model, then import "
                                         "the edit again.", exc.detail) from exc
@@ -909,10 +909,9 @@ def _open_session_job(data: sessions.SessionData):
         if ctx.model.source != data.model.source:
             raise InputError(f"The session's model ({data.model.source}) could not be loaded.")
         edits = sessions.load_edits(data)
-        originals = ctx.model.stack
         ctx.model.stack.restore([])
         for edit in edits.values():
-            edit.check_fits(ctx.model.pipe, {n: originals.original(n) for n in edit.deltas})
+            ctx.model.stack.check_fits(edit)
             cancel.raise_if_cancelled()
         return edits
 

@@ -258,6 +258,10 @@ class EditStack:
             return self._originals[name]
         return get_parameter(self.pipe, name).detach()
 
+    def check_fits(self, edit: EditDelta) -> None:
+        """Refuse an edit made for another base model, whatever the stack has applied now."""
+        edit.check_fits(self.pipe, {n: self.original(n) for n in edit.deltas})
+
     def inference_entries(self) -> list[StackEntry]:
         return [e for e in self.entries if e.enabled and e.edit.is_inference_only and e.strength > 0]
 
@@ -268,7 +272,7 @@ class EditStack:
     def push(self, edit: EditDelta, strength: float = 1.0, enabled: bool = True) -> None:
         strength = check_strength(strength)
         check_finite(edit)
-        edit.check_fits(self.pipe, {n: self.original(n) for n in edit.deltas})
+        self.check_fits(edit)
         self.entries.append(StackEntry(edit, strength, enabled))
         self._recompute(edit.deltas)
 
