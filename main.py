@@ -12,7 +12,7 @@ import sys
 from typing import NoReturn
 
 # Each subcommand lives in cli/<name>.py and provides register(subparsers).
-SUBCOMMANDS = ("generate", "erase", "export", "eval", "bench", "screenshot")
+SUBCOMMANDS = ("generate", "erase", "export", "eval", "bench", "info", "screenshot")
 
 
 class StudioArgumentParser(argparse.ArgumentParser):

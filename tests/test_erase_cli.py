@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import engine  # noqa: F401
@@ -26,6 +28,25 @@ def test_uce_writes_an_edit_file(tmp_path, capsys):
     summary = captured.out.strip().splitlines()
     assert len(summary) == 1 and "uce" in summary[0] and "s" in summary[0].split()[-1]
     assert "[erase]" in captured.err  # progress went to stderr
+
+    # `info` describes the file from its header alone
+    assert main(["info", str(out)]) == 0
+    lines = dict(line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert lines["method"] == "uce" and lines["erases"] == "red, blue"
+    assert "lamb=0.7" in lines["parameters"] and lines["weights"].startswith(f"{len(edit.deltas)} tensor(s)")
+    assert main(["info", str(out), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["manifest"] == edit.manifest
+    assert {k: tuple(v) for k, v in described["weights"].items()} == {k: tuple(v.shape) for k, v in edit.deltas.items()}
+
+
+def test_info_refuses_a_model_file_in_one_line(capsys):
+    from engine.model import BUILTIN_PATH
+
+    assert main(["info", str(BUILTIN_PATH / "unet" / "diffusion_pytorch_model.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: diffusion_pytorch_model.safetensors is not an Erasure Studio edit (it has no manifest); "
+                   "'info' describes edit files.")
 
 
 @pytest.mark.parametrize("argv, message", [
