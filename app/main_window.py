@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from app.logging_setup import install_excepthooks, log, log_path, remove_callbac
 from app.prompts import presets
 from app.qt_images import difference, pil_to_qimage
 from app.settings import Settings
-from app.state import ErrorInfo, StudioState
+from app.state import ErrorInfo, StackItem, StudioState
 from widgets.concept_editor import ConceptEditor, concept_key
 from widgets.error_banner import ErrorBanner
 from widgets.history_panel import HistoryPanel
@@ -327,9 +328,7 @@ class MainWindow(QMainWindow):
                 self.concept_editor.set_columns_visible(spec.uses_guide, spec.uses_anchor)
                 self.concept_editor.set_preserve_enabled(spec.uses_preserve)
         if changed & {"stack", "selected"}:
-            items = [(i.label, i.strength, i.enabled,
-                      "inference-time only: not baked into exports" if i.inference_only else "")
-                     for i in doc.stack]
+            items = [(i.label, i.strength, i.enabled, self._edit_note(i)) for i in doc.stack]
             self.history.set_items(items, doc.selected)
             selected = doc.stack[doc.selected] if 0 <= doc.selected < len(doc.stack) else None
             self.method_panel.set_strength(selected.strength if selected else None, selected.label if selected else "")
@@ -340,6 +339,15 @@ class MainWindow(QMainWindow):
         if changed & {"prompts", "seeds"}:
             self._on_images()
         self._update_enabled()
+
+    def _edit_note(self, item: StackItem) -> str:
+        """The history row's tooltip: what the edit is (as `main.py info` prints it, SLD marked as not exported)."""
+        from engine.safetensors_header import describe_manifest
+
+        edit = self.controller.edits.get(item.edit_id)
+        lines = [textwrap.fill(f"{name}: {value}", 90, subsequent_indent="    ")
+                 for name, value in describe_manifest(edit.manifest)] if edit else []
+        return "\n".join(lines)
 
     def _on_engine(self) -> None:
         s = self.state

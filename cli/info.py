@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 
@@ -19,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.jobs import InputError
-    from engine.safetensors_header import MANIFEST_KEY, HeaderError, read_header
+    from engine.safetensors_header import MANIFEST_KEY, HeaderError, describe_manifest, read_header
 
     path: Path = args.file
     if not path.is_file():
@@ -40,21 +39,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"manifest": manifest, "weights": shapes}, indent=1))
         return 0
-    concepts = manifest.get("concepts", {})
-    lines = [
-        ("method", manifest.get("method", "?") + (" (inference-time: changes sampling, not weights)"
-                                                  if manifest.get("inference") else "")),
-        ("erases", ", ".join(concepts.get("targets", [])) or "(none)"),
-        ("guides", ", ".join(concepts.get("guides", []))),
-        ("anchors", ", ".join(concepts.get("anchors", []))),
-        ("preserves", f"{len(concepts.get('preserve', []))} concept(s)" if concepts.get("preserve") else ""),
-        ("parameters", ", ".join(f"{k}={v}" for k, v in sorted(manifest.get("params", {}).items()))),
-        ("weights", f"{len(shapes)} tensor(s), {sum(math.prod(s) for s in shapes.values()):,} values"),
-        ("base model", f"fingerprint {manifest.get('fingerprint', '')[:16]}" if manifest.get("fingerprint") else ""),
-        ("created", manifest.get("created", "")),
-        ("metrics", ", ".join(f"{k}={v}" for k, v in sorted((manifest.get("metrics") or {}).items()))),
-    ]
-    for name, value in lines:
-        if value:
-            print(f"{name:<11} {value}")
+    for name, value in describe_manifest(manifest, shapes):
+        print(f"{name:<11} {value}")
     return 0

@@ -2,11 +2,13 @@
 
 The GUI thread uses it to tell an Erasure Studio edit file from a model checkpoint when a file is
 dropped on the window, and the model loader uses it to check a file before handing it to safetensors.
+``describe_manifest`` turns an edit's manifest into the lines ``main.py info`` and the history's tooltips show.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -60,3 +62,25 @@ def is_edit_file(path: str | Path) -> bool:
     except (OSError, HeaderError):
         return False
     return isinstance(metadata, dict) and MANIFEST_KEY in metadata
+
+
+def describe_manifest(manifest: dict[str, Any], shapes: dict[str, list[int]] | None = None) -> list[tuple[str, str]]:
+    """(field, value) lines describing an edit: method, concepts, parameters, base model, metrics; empty ones left
+    out. ``shapes`` (tensor name -> shape) adds how many weights the edit changes."""
+    concepts = manifest.get("concepts") or {}
+    inference = (" (inference-time: changes sampling, not weights, so exports leave it out)"
+                 if manifest.get("inference") else "")
+    lines = [
+        ("method", f"{manifest.get('method', '?')}{inference}"),
+        ("erases", ", ".join(concepts.get("targets", [])) or "(none)"),
+        ("guides", ", ".join(concepts.get("guides", []))),
+        ("anchors", ", ".join(concepts.get("anchors", []))),
+        ("preserves", f"{len(concepts['preserve'])} concept(s)" if concepts.get("preserve") else ""),
+        ("parameters", ", ".join(f"{k}={v}" for k, v in sorted((manifest.get("params") or {}).items()))),
+        ("weights", f"{len(shapes)} tensor(s), {sum(math.prod(s) for s in shapes.values()):,} values"
+         if shapes is not None else ""),
+        ("base model", f"fingerprint {manifest['fingerprint'][:16]}" if manifest.get("fingerprint") else ""),
+        ("created", str(manifest.get("created", ""))),
+        ("metrics", ", ".join(f"{k}={v}" for k, v in sorted((manifest.get("metrics") or {}).items()))),
+    ]
+    return [(name, value) for name, value in lines if value]

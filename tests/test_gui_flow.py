@@ -203,6 +203,8 @@ def test_import_edit_files_from_the_cli_and_drop_them(qtbot, window, tmp_path, b
     assert s.doc.stack[0].label == "uce: red" and s.doc.stack[0].strength == 1.0
     assert s.error.level == "info" and s.error.message == "Imported red.safetensors (uce: red)."
     assert s.model.source == "builtin"  # imported onto the model, not loaded as one
+    tooltip = window.history.list.itemWidget(window.history.list.item(0)).label.toolTip()
+    assert "method: uce" in tooltip and "erases: red" in tooltip and "lamb=0.5" in tooltip  # what the edit is
     for seed in s.doc.seeds:
         key = ("a red circle", seed)
         assert np.abs(pixels(s.after[key]) - before[key]).max() > 30  # the edit is applied in the preview
