@@ -477,8 +477,7 @@ class Controller(QObject):
         return self._submit("evaluate", job, "Measuring erasure", supersede=True)
 
     def _stack_targets(self, stack: list[StackItem]) -> list[str]:
-        targets = [t for item in stack if item.edit_id in self.edits
-                   for t in self.edits[item.edit_id].manifest.get("concepts", {}).get("targets", [])]
+        targets = [t for item in stack if item.edit_id in self.edits for t in self.edits[item.edit_id].targets]
         return list(dict.fromkeys(targets))
 
     # ------------------------------------------------------------------ sessions

@@ -94,9 +94,14 @@ class EditDelta:
         return bool(self.manifest.get("inference"))
 
     @property
+    def targets(self) -> list[str]:
+        """The concepts this edit erases."""
+        return list(self.manifest.get("concepts", {}).get("targets", []))
+
+    @property
     def label(self) -> str:
         """"uce: red, blue"; a mass erasure names its first LABEL_CONCEPTS concepts and counts the rest."""
-        concepts = self.manifest.get("concepts", {}).get("targets", [])
+        concepts = self.targets
         named = ", ".join(concepts[:LABEL_CONCEPTS]) or "(no concept)"
         if len(concepts) > LABEL_CONCEPTS:
             named += f" and {len(concepts) - LABEL_CONCEPTS} more"

@@ -271,15 +271,17 @@ class ConceptEditor(QWidget):
 
     def add_preserve(self, items: list[str]) -> int:
         """Append preserve concepts not already listed (ignoring case and spacing); returns how many were added."""
-        current = [p.strip() for p in self.preserve.text().split(",") if p.strip()]
+        current = self._preserve_items()
         fresh = [items[i] for i in unlisted(current, items)]
         self.preserve.setText(", ".join(current + fresh))
         self._emit_preserve()
         return len(fresh)
 
+    def _preserve_items(self) -> list[str]:
+        return [p.strip() for p in self.preserve.text().split(",") if p.strip()]
+
     def _emit_preserve(self) -> None:
-        items = [p.strip() for p in self.preserve.text().split(",") if p.strip()]
-        self.preserve_edited.emit(items)
+        self.preserve_edited.emit(self._preserve_items())
 
     def keyPressEvent(self, event) -> None:
         if event.key() == Qt.Key.Key_Delete and self.table.hasFocus():
