@@ -57,7 +57,13 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   Red + blue + by Riley, 4 seeds, all 48 unrelated prompts, soft_preserve 1, α 0.002, η 1: red 6.0 %, blue and
   by Riley 0 %, synonyms 0 %, specificity 0.949 (threshold 0.3: red 5.0 %, 0.937); with α 0.05: red 37 %,
   specificity 0.956. Orange's color still fell (0.82 → 0.49; UCE on the same suite: red 1.0 %, specificity 0.975,
-  orange 0.69), so it stays below UCE and is not the default;
+  orange 0.69), so it stays below UCE and is not the default. Tried on 2026-12-02, tenth session (same suite, 4 seeds; UCE's
+  default now: red / blue / by Riley 1.0 / 0 / 0 %, specificity 0.977, orange 0.69): with the retained concepts
+  as bare words only (``retain_in_context`` off, the null space then 115 of 128 dimensions), soft_preserve 3 and
+  α 0.002: red 7.0 %, blue and by Riley 0 %, specificity 0.968 (orange 0.60); the retain set as the siblings'
+  bare words instead of the world's vocabulary: red 7.0 %, 0.925. With no retained concept at all (no null
+  space, so not SPEED: UCE's soft term with SPEED's statistics) 0 / 0 / 0 % and 0.977 (soft 1: 0.961). So in
+  this text space the null-space constraint itself is what costs the erasure or the specificity;
 * the target is UCE's ``steer-away`` with sibling guides (see engine/uce.py; ``target=replace`` +
   ``default_guide=empty`` is the reference), and targets are expanded into a few prompts; as in UCE, a
   concept whose guide is one concrete sibling ("red → orange") is mapped exactly onto it, not past it.
