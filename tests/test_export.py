@@ -22,7 +22,7 @@ from engine.export import ExportRequest, export
 from engine.export.lora import KOHYA_PREFIXES
 from engine.generate import initial_latents, make_scheduler
 from engine.jobs import Cancelled, CancelToken, EditMismatchError, InputError, ResourceError
-from engine.model import BUILTIN_PATH, LoadedModel, load_model
+from engine.model import BUILTIN_PATH, LoadedModel, load_model, own_weights
 
 PROMPT = "a red circle"
 SEEDS = [0, 1]  # two seeds: a batch, as the studio samples
@@ -186,6 +186,8 @@ def test_single_file_of_an_sd1_shaped_model_has_only_sd15_keys(tiny_sd1_pipeline
 
     loaded = StableDiffusionPipeline.from_single_file(str(out), config=str(tiny_sd1_dir), local_files_only=True)
     loaded.set_progress_bar_config(disable=True)
+    for pipe in (loaded, tiny_sd1_pipeline):
+        own_weights(pipe)  # the same weights at other byte offsets can differ in the last bit on some CPUs
     assert np.abs(images(loaded) - images(tiny_sd1_pipeline)).max() == 0.0
 
 

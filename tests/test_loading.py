@@ -159,7 +159,7 @@ def _save_safetensors(pipe, path: Path) -> Path:
 def test_from_single_file_reproduces_the_folder(which: str, tiny_sd1_dir: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from engine.model import BUILTIN_PATH
+    from engine.model import BUILTIN_PATH, own_weights
 
     folder = tiny_sd1_dir if which == "tiny" else BUILTIN_PATH
     kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -167,6 +167,7 @@ def test_from_single_file_reproduces_the_folder(which: str, tiny_sd1_dir: Path, 
     file = _save_safetensors(reference, tmp_path / f"{which} model ü.safetensors")
     loaded = StableDiffusionPipeline.from_single_file(str(file), config=str(folder), local_files_only=True, **kwargs)
     for pipe in (reference, loaded):
+        own_weights(pipe)  # the same weights at other byte offsets can differ in the last bit on some CPUs
         pipe.set_progress_bar_config(disable=True)
     assert torch.equal(_images(reference), _images(loaded))
 
