@@ -191,6 +191,12 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # siblings' plain captions first among 60 held runs, red held in every caption form 0 / 3 and suite 38 % / 79.1 %,
 # in plain forms only 0 / 10 and suite 23 % / 82.7 %. The repair moves along the same trade: what gives orange back
 # gives red back too.
+# Nor does holding the siblings' color alone (2026-12-07): the ε loss is dominated by fine structure, and a hue
+# shift costs it little, so the held siblings' term was taken on the 4×4-pooled prediction (where the color of the
+# shape lives; plain captions of the five other colors, two per iteration, at red's latents). Red left / orange kept
+# of 16 (plain red / crimson / scarlet and orange prompts, 4 seeds; default 1 / 0): pooled weight 10 / 100 (lr 4e-5,
+# 200 iterations) red 16 / 16, orange 11 / 15; weight 3 at lr 1e-4 for 400 red 8, orange 0 (purple kept 2 of 8);
+# weight 10 at 2e-4 for 600 red 7, orange 1. Holding orange's color holds red's.
 # esd-x, tried and not kept (2026-12-02): the preserve projection also keeping the change on red's paraphrases ("red
 # circle", "a circle colored red") and taking it off the sibling colors' (UCE's ``paraphrases``). Off-template
 # phrasings (scripts/phrasing_spot_check.py, 4 seeds): other colors kept 104 → 105 of 120 (orange 14 → 20, yellow
