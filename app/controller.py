@@ -1,8 +1,7 @@
 """The controller: turns user actions into state changes and engine jobs, and job results into state.
 
-Everything here runs on the GUI thread. Engine work is wrapped in small job functions that
-run on the worker thread; they import engine modules lazily (so torch loads there, after
-the window is up) and receive copies of what they need, never live GUI objects.
+Everything here runs on the GUI thread. Engine work is wrapped in the job functions of
+``app.engine_jobs``, which run on the worker thread.
 
 The worker's model carries an ``EditStack``; the controller owns the *wanted* stack (the
 Document) and every job that samples restores that snapshot first, so undo/redo, sessions
@@ -14,19 +13,34 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from app import session as sessions
+from app.engine_jobs import (
+    EngineInfo,
+    GridUpdate,
+    MetricsResult,
+    engine_job,
+    erase_job,
+    export_job,
+    import_edits_job,
+    load_job,
+    measure_job,
+    open_session_job,
+    preview_job,
+    save_edit_job,
+    write_session_job,
+)
 from app.logging_setup import log
 from app.prompts import default_prompts
 from app.settings import Settings
 from app.state import Concept, Document, ErrorInfo, JobStatus, ModelInfo, StackItem, StudioState
-from app.worker import EngineContext, EngineWorker, Job, JobFailure
-from engine.jobs import Cancelled, CancelToken, EditMismatchError, InputError, Progress
+from app.worker import EngineWorker, Job, JobFailure
+from engine.jobs import InputError, Progress
 from engine.paths import data_dir
 
 PREVIEW_DEBOUNCE_MS = 120
@@ -34,25 +48,6 @@ AUTOSAVE_DELAY_MS = 2500
 AFTER_CACHE_SIZE = 512
 SWEEP_STRENGTHS = (0.0, 0.5, 1.0, 1.5)
 PREVIEW_FIELDS = {"stack", "prompts", "seeds", "preview"}
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-@dataclass
-class EngineInfo:
-    methods: dict[str, Any]
-    cuda: bool
-
-
-@dataclass
-class GridUpdate:
-    """Images for one prompt row, sent from the preview job through Progress.preview."""
-
-    kind: str  # "before" or "after"
-    prompt: str
-    seeds: list[int]
-    images: list[Any]  # PIL images, one per seed
-    final: bool
-    mirror: bool = False  # no active edit: the after images are the before images
 
 
 @dataclass
@@ -61,19 +56,6 @@ class PreviewPlan:
     settings: tuple
     stack_sig: tuple
     active: bool
-
-
-@dataclass
-class MetricsResult:
-    efficacy: float | None
-    generality: float | None
-    specificity: float | None
-    efficacy_unedited: float | None
-    generality_unedited: float | None
-    curve: list[tuple[float, float | None, float | None]] = field(default_factory=list)
-    strength: float | None = None
-    stack_sig: tuple = ()
-    probe_recovery: float | None = None  # None: no weight edit to probe (an SLD-only stack)
 
 
 def stack_signature(stack: list[StackItem]) -> tuple:
@@ -134,7 +116,7 @@ class Controller(QObject):
     def start_engine(self, model: str | None = "builtin", device: str = "auto", precision: str = "auto") -> None:
         """Start the worker thread; it imports torch and the engine, then loads ``model``."""
         self.worker.start()
-        self._submit("engine", _engine_job, "Loading the engine")
+        self._submit("engine", engine_job, "Loading the engine")
         if model:
             self.load_model(model, device, precision)
 
@@ -142,7 +124,7 @@ class Controller(QObject):
         self._model_request = sessions.ModelRef(source, device, precision)
         self.state.model_loading = True
         self.state.model_changed.emit()
-        self._submit("load", _load_job(source, device, precision), f"Loading {Path(source).name or source}")
+        self._submit("load", load_job(source, device, precision), f"Loading {Path(source).name or source}")
 
     # ------------------------------------------------------------------ document edits (all undoable)
     def _commit(self, doc: Document, label: str, merge: Any = None) -> None:
@@ -327,7 +309,7 @@ class Controller(QObject):
         snapshot = self._snapshot(doc.stack)
         self.state.set_error(None)
         kinds = {c.text.strip(): c.kind for c in concepts}
-        return self._submit("erase", _erase_job(request, snapshot, kinds), f"Erasing with {spec.title}")
+        return self._submit("erase", erase_job(request, snapshot, kinds), f"Erasing with {spec.title}")
 
     def cancel(self) -> None:
         """Esc: stop the running job and drop queued ones (previews come back on the next change)."""
@@ -342,21 +324,16 @@ class Controller(QObject):
             return None
         self.state.set_error(None)
         files = [str(p) for p in paths]
-        return self._submit("import-edits", _import_edits_job(files), f"Importing {len(files)} edit file(s)")
+        return self._submit("import-edits", import_edits_job(files), f"Importing {len(files)} edit file(s)")
 
     def save_edit(self, index: int, path: str | Path) -> int | None:
         """Write one stack entry's edit (at its full strength, manifest included) to ``path``."""
         stack = self.state.doc.stack
         if not 0 <= index < len(stack):
             return None
-        edit = self.edits[stack[index].edit_id]
         target = Path(path)
-
-        def run(ctx: EngineContext, progress, cancel: CancelToken) -> str:
-            edit.save(target)
-            return f"Saved {edit.label} to {target}."
-
-        return self._submit("save-edit", run, f"Saving {target.name}")
+        return self._submit("save-edit", save_edit_job(self.edits[stack[index].edit_id], target),
+                            f"Saving {target.name}")
 
     def _finished_save_edit(self, _job_id: int, message: str) -> None:
         self.state.set_error(ErrorInfo(message, level="info"))
@@ -413,7 +390,7 @@ class Controller(QObject):
             return
         plan = PreviewPlan(model.token, settings, sig, active)
         steps, guidance, size = settings
-        job = _preview_job(model.token, before_needed, after_needed, list(doc.seeds), steps, guidance, size,
+        job = preview_job(model.token, before_needed, after_needed, list(doc.seeds), steps, guidance, size,
                            doc.preview.preview_every, self._snapshot(doc.stack), active)
         self._preview_started = time.perf_counter()
         self._preview_job = self._submit("preview", job, "Rendering previews", supersede=True)
@@ -471,7 +448,7 @@ class Controller(QObject):
             return None
         selected = doc.selected if 0 <= doc.selected < len(doc.stack) else len(doc.stack) - 1
         strengths = SWEEP_STRENGTHS if sweep else ()
-        job = _measure_job(self._snapshot(doc.stack), concepts, list(doc.seeds), doc.preview.steps,
+        job = measure_job(self._snapshot(doc.stack), concepts, list(doc.seeds), doc.preview.steps,
                            doc.preview.guidance, selected, strengths, stack_signature(doc.stack),
                            doc.stack[selected].strength)
         return self._submit("evaluate", job, "Measuring erasure", supersede=True)
@@ -495,8 +472,7 @@ class Controller(QObject):
         doc = self.state.doc.copy()
         edits = {i.edit_id: self.edits[i.edit_id] for i in doc.stack}
         model = self.model_ref()
-        return self._submit("session", lambda ctx, progress, cancel: sessions.write_session(path, model, doc, edits),
-                            f"Saving {path.name}")
+        return self._submit("session", write_session_job(path, model, doc, edits), f"Saving {path.name}")
 
     def autosave(self) -> None:
         if self.state.model is None or self._closing:
@@ -505,8 +481,7 @@ class Controller(QObject):
         doc = self.state.doc.copy()
         edits = {i.edit_id: self.edits[i.edit_id] for i in doc.stack}
         model = self.model_ref()
-        self._submit("autosave", lambda ctx, progress, cancel: sessions.write_session(path, model, doc, edits),
-                     "Autosaving", supersede=True)
+        self._submit("autosave", write_session_job(path, model, doc, edits), "Autosaving", supersede=True)
 
     def open_session(self, path: str | Path) -> int | None:
         try:
@@ -518,22 +493,14 @@ class Controller(QObject):
         current = self.state.model
         if current is None or current.source != data.model.source:
             self.load_model(data.model.source, data.model.device, data.model.precision)
-        return self._submit("open-session", _open_session_job(data), f"Opening {Path(path).name}")
+        return self._submit("open-session", open_session_job(data), f"Opening {Path(path).name}")
 
     # ------------------------------------------------------------------ export
     def export(self, request: Any) -> int | None:
         """Run engine.export.export with the current stack applied."""
         snapshot = self._snapshot(self.state.doc.stack)
         fields = request.as_dict() if hasattr(request, "as_dict") else dict(request.__dict__)
-
-        def run(ctx: EngineContext, progress, cancel: CancelToken) -> Any:
-            from engine.export import ExportRequest, export
-
-            _require_model(ctx)
-            ctx.model.stack.restore(snapshot)
-            return export(ctx.model, ExportRequest(**fields), progress, cancel)
-
-        return self._submit("export", run, "Exporting")
+        return self._submit("export", export_job(snapshot, fields), "Exporting")
 
     # ------------------------------------------------------------------ job plumbing
     def _snapshot(self, stack: list[StackItem]) -> list[tuple[Any, float, bool]]:
@@ -720,198 +687,3 @@ class Controller(QObject):
         if not ended:
             log.warning("the engine thread did not stop within %.0fs", timeout)
         return ended
-
-
-# ---------------------------------------------------------------------- job functions (worker thread)
-def _require_model(ctx: EngineContext) -> None:
-    if ctx.model is None:
-        raise InputError("No model is loaded; load one first.")
-
-
-def _engine_job(ctx: EngineContext, progress, cancel: CancelToken) -> EngineInfo:
-    import os
-
-    progress(Progress("engine", 0, 3, "Loading torch…"))
-    import torch
-
-    # leave a core to the GUI thread so the window stays responsive while sampling
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    progress(Progress("engine", 1, 3, "Loading diffusers…"))
-    import engine.generate
-    import engine.model  # noqa: F401
-
-    progress(Progress("engine", 2, 3, "Loading erasure methods…"))
-    from engine.methods import all_methods
-
-    methods = all_methods()
-    progress(Progress("engine", 3, 3, "Engine ready"))
-    return EngineInfo(methods, bool(torch.cuda.is_available()))
-
-
-def _load_job(source: str, device: str, precision: str):
-    def run(ctx: EngineContext, progress, cancel: CancelToken) -> ModelInfo:
-        import torch
-
-        from engine.model import load_model
-
-        dtype = getattr(torch, DTYPES[precision]) if precision in DTYPES else None
-        model = load_model(source, device=None if device == "auto" else device, dtype=dtype, progress=progress,
-                           cancel=cancel)
-        cancel.raise_if_cancelled()
-        old = ctx.model
-        ctx.model = model
-        ctx.model_token += 1
-        del old
-        return ModelInfo(model.source, model.architecture, str(model.device), str(model.dtype).replace("torch.", ""),
-                         ctx.model_token)
-
-    return run
-
-
-def _erase_job(request: Any, snapshot: list, kinds: dict[str, str]):
-    def run(ctx: EngineContext, progress, cancel: CancelToken) -> Any:
-        from engine.methods import erase
-
-        _require_model(ctx)
-        ctx.model.stack.restore(snapshot)
-        edit = erase(ctx.model, request, progress, cancel)
-        edit.manifest.setdefault("concept_kinds", kinds)
-        return edit
-
-    return run
-
-
-def _preview_job(token: int, before: list[str], after: list[str], seeds: list[int], steps: int, guidance: float,
-                 size: int, preview_every: int, snapshot: list, active: bool):
-    def run(ctx: EngineContext, progress, cancel: CancelToken) -> int:
-        from engine.generate import GenerationRequest, generate
-
-        _require_model(ctx)
-        if ctx.model_token != token:
-            raise Cancelled("The model changed; this preview is out of date.")
-        model = ctx.model
-        units = (len(before) + len(after)) * steps
-        start = time.perf_counter()
-        done = [0]
-
-        def sub(kind: str, prompt: str):
-            def callback(p: Progress) -> None:
-                step = done[0] * steps + p.step
-                elapsed = time.perf_counter() - start
-                eta = elapsed / step * (units - step) if step else None
-                update = GridUpdate(kind, prompt, seeds, p.preview, False, mirror=not active) \
-                    if isinstance(p.preview, list) else None
-                progress(Progress("preview", step, units, f"{kind}: {prompt}", eta, update))
-            return callback
-
-        def render(kind: str, prompt: str) -> None:
-            request = GenerationRequest(prompt, seeds=list(seeds), steps=steps, guidance=guidance,
-                                        width=size or None, height=size or None, preview_every=preview_every)
-            images = generate(model, request, sub(kind, prompt), cancel)
-            done[0] += 1
-            progress(Progress("preview", done[0] * steps, units, f"{kind}: {prompt}", None,
-                              GridUpdate(kind, prompt, seeds, images, True, mirror=not active)))
-
-        if before:
-            model.stack.restore([])
-            for prompt in before:
-                render("before", prompt)
-        model.stack.restore(snapshot)
-        for prompt in after:
-            render("after", prompt)
-        return token
-
-    return run
-
-
-def _measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: int, guidance: float, selected: int,
-                 strengths: tuple[float, ...], sig: tuple, strength: float):
-    def run(ctx: EngineContext, progress, cancel: CancelToken) -> MetricsResult:
-        from engine.evaluate import EvalRequest, evaluate
-        from engine.probe import probe_skip_reason
-
-        _require_model(ctx)
-        model = ctx.model
-
-        def summarize(report: Any) -> tuple[float | None, ...]:
-            def mean(key: str) -> float | None:
-                values = [e.get(key) for e in report.erased.values() if e.get(key) is not None]
-                return sum(values) / len(values) if values else None
-            return (mean("efficacy"), mean("generality"), report.specificity, mean("efficacy_unedited"),
-                    mean("generality_unedited"))
-
-        request = EvalRequest(seeds=seeds, steps=steps, guidance=guidance, erased=concepts, quick=True)
-        try:
-            model.stack.restore(snapshot)
-            report = evaluate(model, request, progress, cancel)
-            eff, gen, spec, eff0, gen0 = summarize(report)
-            probe = None
-            if probe_skip_reason(model.stack) is None:
-                probe = _mean_probe_recovery(model, report, seeds, steps, guidance, progress, cancel)
-            curve = []
-            for s in strengths:
-                if s == strength and snapshot[selected][2]:
-                    curve.append((s, eff, spec))  # the measurement just made
-                    continue
-                if s == 0.0 and len(snapshot) == 1:
-                    curve.append((s, eff0, 1.0))  # strength 0 restores the original weights exactly
-                    continue
-                swept = list(snapshot)
-                edit = swept[selected][0]
-                swept[selected] = (edit, s, True)
-                model.stack.restore(swept)
-                e, _g, sp, *_ = summarize(evaluate(model, request, progress, cancel))
-                curve.append((s, e, sp))
-        finally:
-            model.stack.restore(snapshot)
-        return MetricsResult(eff, gen, spec, eff0, gen0, curve, strength, sig, probe_recovery=probe)
-
-    return run
-
-
-def _mean_probe_recovery(model: Any, report: Any, seeds: list[int], steps: int, guidance: float, progress,
-                         cancel: CancelToken) -> float | None:
-    """The adversarial-embedding probe's recovery rate, averaged over the erased concepts the judge knows."""
-    from engine.probe import KINDS, probe_recovery
-
-    rates = [probe_recovery(model, concept, entry["kind"], seeds=seeds, steps=steps, guidance=guidance,
-                            progress=progress, cancel=cancel).recovery_rate
-             for concept, entry in report.erased.items() if entry.get("kind") in KINDS]
-    return sum(rates) / len(rates) if rates else None
-
-
-def _import_edits_job(paths: list[str]):
-    def run(ctx: EngineContext, progress, cancel: CancelToken) -> list[tuple[str, Any]]:
-        from engine.edits import EditDelta
-
-        _require_model(ctx)
-        imported = []
-        for i, path in enumerate(paths):
-            name = Path(path).name
-            progress(Progress("import", i, len(paths), f"Reading {name}"))
-            edit = EditDelta.load(path)
-            try:
-                ctx.model.stack.check_fits(edit)
-            except EditMismatchError as exc:
-                raise EditMismatchError(f"{name} was made for a different model; load that model, then import "
-                                        "the edit again.", exc.detail) from exc
-            imported.append((name, edit))
-            cancel.raise_if_cancelled()
-        return imported
-
-    return run
-
-
-def _open_session_job(data: sessions.SessionData):
-    def run(ctx: EngineContext, progress, cancel: CancelToken) -> dict[str, Any]:
-        _require_model(ctx)
-        if ctx.model.source != data.model.source:
-            raise InputError(f"The session's model ({data.model.source}) could not be loaded.")
-        edits = sessions.load_edits(data)
-        ctx.model.stack.restore([])
-        for edit in edits.values():
-            ctx.model.stack.check_fits(edit)
-            cancel.raise_if_cancelled()
-        return edits
-
-    return run

@@ -29,7 +29,8 @@ from PySide6.QtWidgets import (
 )
 
 from app import session as sessions
-from app.controller import Controller, MetricsResult, stack_signature
+from app.controller import Controller, stack_signature
+from app.engine_jobs import MetricsResult
 from app.logging_setup import install_excepthooks, log, log_path, remove_callback, setup_logging
 from app.prompts import presets
 from app.qt_images import difference, pil_to_qimage
