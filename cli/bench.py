@@ -74,16 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.bench import (
-        CONCEPT_COUNTS,
-        DOC_PATH,
-        BenchOptions,
-        describe_run,
-        format_table,
-        run_bench,
-        write_docs,
-        write_json,
-    )
+    from engine.bench import CONCEPT_COUNTS, BenchOptions, run_bench
+    from engine.bench_report import DOC_PATH, describe_run, format_table, write_docs, write_json
 
     if args.scale == "sd15" and not str(args.device).startswith("cuda"):
         print("note: the sd15 scale on a CPU takes a long time (minutes per image).", file=sys.stderr)

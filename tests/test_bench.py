@@ -9,18 +9,8 @@ import json
 
 import pytest
 
-from engine.bench import (
-    TARGETS,
-    BenchOptions,
-    BenchReport,
-    Measurement,
-    PeakMemory,
-    PhaseClock,
-    concept_list,
-    default_sampling_work,
-    evaluate_targets,
-    write_docs,
-)
+from engine.bench import BenchOptions, PeakMemory, PhaseClock, concept_list, default_sampling_work
+from engine.bench_report import TARGETS, BenchReport, Measurement, evaluate_targets, write_docs
 from engine.jobs import InputError, Progress
 from main import main
 
