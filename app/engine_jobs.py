@@ -51,7 +51,7 @@ class MetricsResult:
     probe_recovery: float | None = None  # None: no weight edit to probe (an SLD-only stack)
 
 
-def require_model(ctx: EngineContext) -> None:
+def _require_model(ctx: EngineContext) -> None:
     if ctx.model is None:
         raise InputError("No model is loaded; load one first.")
 
@@ -100,7 +100,7 @@ def erase_job(request: Any, snapshot: list, kinds: dict[str, str]):
     def run(ctx: EngineContext, progress, cancel: CancelToken) -> Any:
         from engine.methods import erase
 
-        require_model(ctx)
+        _require_model(ctx)
         ctx.model.stack.restore(snapshot)
         edit = erase(ctx.model, request, progress, cancel)
         edit.manifest.setdefault("concept_kinds", kinds)
@@ -114,7 +114,7 @@ def preview_job(token: int, before: list[str], after: list[str], seeds: list[int
     def run(ctx: EngineContext, progress, cancel: CancelToken) -> int:
         from engine.generate import GenerationRequest, generate
 
-        require_model(ctx)
+        _require_model(ctx)
         if ctx.model_token != token:
             raise Cancelled("The model changed; this preview is out of date.")
         model = ctx.model
@@ -158,7 +158,7 @@ def measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: in
         from engine.evaluate import EvalRequest, evaluate
         from engine.probe import probe_skip_reason
 
-        require_model(ctx)
+        _require_model(ctx)
         model = ctx.model
 
         def summarize(report: Any) -> tuple[float | None, ...]:
@@ -175,7 +175,7 @@ def measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: in
             eff, gen, spec, eff0, gen0 = summarize(report)
             probe = None
             if probe_skip_reason(model.stack) is None:
-                probe = mean_probe_recovery(model, report, seeds, steps, guidance, progress, cancel)
+                probe = _mean_probe_recovery(model, report, seeds, steps, guidance, progress, cancel)
             curve = []
             for s in strengths:
                 if s == strength and snapshot[selected][2]:
@@ -197,7 +197,7 @@ def measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: in
     return run
 
 
-def mean_probe_recovery(model: Any, report: Any, seeds: list[int], steps: int, guidance: float, progress,
+def _mean_probe_recovery(model: Any, report: Any, seeds: list[int], steps: int, guidance: float, progress,
                          cancel: CancelToken) -> float | None:
     """The adversarial-embedding probe's recovery rate, averaged over the erased concepts the judge knows."""
     from engine.probe import KINDS, probe_recovery
@@ -212,7 +212,7 @@ def import_edits_job(paths: list[str]):
     def run(ctx: EngineContext, progress, cancel: CancelToken) -> list[tuple[str, Any]]:
         from engine.edits import EditDelta
 
-        require_model(ctx)
+        _require_model(ctx)
         imported = []
         for i, path in enumerate(paths):
             name = Path(path).name
@@ -232,7 +232,7 @@ def import_edits_job(paths: list[str]):
 
 def open_session_job(data: sessions.SessionData):
     def run(ctx: EngineContext, progress, cancel: CancelToken) -> dict[str, Any]:
-        require_model(ctx)
+        _require_model(ctx)
         if ctx.model.source != data.model.source:
             raise InputError(f"The session's model ({data.model.source}) could not be loaded.")
         edits = sessions.load_edits(data)
@@ -257,7 +257,7 @@ def export_job(snapshot: list, fields: dict[str, Any]):
     def run(ctx: EngineContext, progress, cancel: CancelToken) -> Any:
         from engine.export import ExportRequest, export
 
-        require_model(ctx)
+        _require_model(ctx)
         ctx.model.stack.restore(snapshot)
         return export(ctx.model, ExportRequest(**fields), progress, cancel)
 

@@ -11,9 +11,9 @@ Two scales: ``builtin`` (the ShapesWorld model) and ``sd15``, a Stable Diffusion
 built from the bundled SD 1.x skeleton with random weights (costs do not depend on weight values),
 saved once as a diffusers folder so that "load" goes through the studio's real loader.
 
-Everything a run finds is a ``BenchReport`` (``engine.bench_report``, with the targets and the writers): JSON-able, with hardware, library versions and date, so
-runs on different machines can be compared. A job that fails or is not available yet is recorded as
-such and the run goes on: a benchmark should report as much as it can.
+Everything a run finds is a ``BenchReport`` (``engine.bench_report``, with the targets and the writers):
+JSON-able, with hardware, library versions and date, so runs on different machines can be compared. A job that
+fails or is not available yet is recorded as such and the run goes on: a benchmark should report as much as it can.
 """
 
 from __future__ import annotations

@@ -201,8 +201,8 @@ def write_markdown(results: list[dict], dial: list[dict], seeds: int, measured_o
     for r in results:
         lines += [f"### {r['row']}", "", f"![{r['row']}](erasure/{r['row']}.png)", ""]
     (DOCS / "erasure-results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (DOCS / "erasure-results.json").write_text(json.dumps({"rows": results, "dial": dial, "measured_on": measured_on},
-                                                                  indent=1))
+    record = {"rows": results, "dial": dial, "measured_on": measured_on}
+    (DOCS / "erasure-results.json").write_text(json.dumps(record, indent=1))
 
 
 def main() -> None:
