@@ -197,6 +197,12 @@ VARIANTS: dict[str, tuple[str, str]] = {
 # of 16 (plain red / crimson / scarlet and orange prompts, 4 seeds; default 1 / 0): pooled weight 10 / 100 (lr 4e-5,
 # 200 iterations) red 16 / 16, orange 11 / 15; weight 3 at lr 1e-4 for 400 red 8, orange 0 (purple kept 2 of 8);
 # weight 10 at 2e-4 for 600 red 7, orange 1. Holding orange's color holds red's.
+# Nor does mapping red onto a sibling's prediction instead of pushing it away (2026-12-07; the target for red's
+# prompt is the frozen ε*(x_t, "orange") or ε*(x_t, "blue") at red's latents, lr 4e-5, 200 iterations, same check):
+# without held siblings these layers learn a recoloring that ignores the prompt (anchor blue: every color drawn
+# blue, red 0 and orange 0 of 16; anchor orange: red 0, orange 0, purple 3 of 8); with the five siblings held at
+# their own prompts' predictions (weight 1 / 4) red is not erased (16 / 16) and orange keeps 3 / 16 of its color.
+# The layers outside cross-attention react to the latent's color, not to the prompt's word.
 # esd-x, tried and not kept (2026-12-02): the preserve projection also keeping the change on red's paraphrases ("red
 # circle", "a circle colored red") and taking it off the sibling colors' (UCE's ``paraphrases``). Off-template
 # phrasings (scripts/phrasing_spot_check.py, 4 seeds): other colors kept 104 → 105 of 120 (orange 14 → 20, yellow

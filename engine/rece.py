@@ -42,7 +42,10 @@ onto a full-norm target, so each epoch *lowers* the norm the next c′ needs (8.
 most distinctive directions out entirely (M singular) still left 31-79 % recoverable while other colors moved.
 Nor did making the key and value edits disagree, so that no single embedding undoes both: RECE steps on the values
 only, the keys keeping UCE's map (the adversarial embedding solved against both), left the probe's recovery at 95.5 /
-95.5 / 97.7 % after 1 / 3 / 10 epochs (4 seeds, 44 images; UCE 95.5 %) with red still erased. So RECE here does not
+95.5 / 97.7 % after 1 / 3 / 10 epochs (4 seeds, 44 images; UCE 95.5 %) with red still erased. Nor did guides that
+differ by layer (2026-12-07: UCE red guided to purple in every other key/value pair and to yellow in the rest, or
+keys to purple and values to yellow, so that no one embedding undoes every layer exactly): the least-squares c′
+still recovered 97.7 % either way (same 44 images; red left in 3 / 0 of 16 plain red images). So RECE here does not
 halve the probe's recovery; in SD 1.x's 768-d embedding space the directions left
 after keeping the preserve set are many more, which is where the paper measures its gain.
 """
