@@ -7,7 +7,7 @@ object is visible.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,9 @@ class Verdict:
     color: str
     shape: str
     style: str  # a style key from world.json ("riley", ...) or "solid"
+    # the painted pixels' median sRGB, which ``color`` is the nearest canonical color to; kept so that another color
+    # rule can be compared with this one (scripts/caption_spot_check.py --hue-judge). None when nothing is painted.
+    rgb: tuple[float, float, float] | None = field(default=None, compare=False)
 
     def shows(self, kind: str, value: str) -> bool:
         return getattr(self, kind) == value
@@ -143,7 +146,7 @@ def judge_image(image: np.ndarray) -> Verdict:
     mean_rgb = np.median(pixels[paint], axis=0)
     colors = load_world()["colors"]
     color = min(colors, key=lambda c: float(np.sum((np.array(colors[c]["rgb"]) - mean_rgb) ** 2)))
-    return Verdict(color, _classify_shape(region), style)
+    return Verdict(color, _classify_shape(region), style, tuple(float(c) for c in mean_rgb))
 
 
 def judge_images(images: list) -> list[Verdict]:

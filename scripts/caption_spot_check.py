@@ -8,12 +8,17 @@ shapes and style phrasings in turn), the images that still show it, and the same
 (which should keep showing itself). Results are counts of images, the styled captions separately. Findings
 are kept in docs/erasure-results-notes.md.
 
+``--hue-judge`` also counts colors with a second rule, the canonical color of nearest hue (saturation and
+brightness ignored), instead of the suite judge's nearest sRGB: a check that a figure does not hang on where one
+judge puts the border between two colors.
+
 Usage: python scripts/caption_spot_check.py unedited:red uce:red esd-x:red ca:red:blue esd-x:red,lr=1e-4 [--seeds 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import colorsys
 import sys
 import time
 from pathlib import Path
@@ -21,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.generate import GenerationRequest, generate
-from engine.judge import judge_images
+from engine.judge import Verdict, judge_images
 from engine.methods import EraseRequest, erase
 from engine.model import load_model
 from engine.shapesworld import load_world
@@ -58,14 +63,29 @@ def caption_sets(world: dict) -> dict[str, tuple[str, dict[str, list[str]]]]:
     }
 
 
+def hue_color(verdict: Verdict, world: dict) -> str | None:
+    """The canonical color whose hue is nearest the verdict's painted color (None when nothing is painted)."""
+    if verdict.rgb is None:
+        return None
+
+    def hue(rgb) -> float:
+        return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0]
+
+    h = hue(verdict.rgb)
+    return min(world["colors"], key=lambda c: min(abs(h - hue(world["colors"][c]["rgb"])),
+                                                  1 - abs(h - hue(world["colors"][c]["rgb"]))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", nargs="+",
                         help="method:concept[:anchor][,key=value...], method 'unedited' for the base model")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--hue-judge", action="store_true", help="also count colors by nearest hue")
     args = parser.parse_args()
     model = load_model()
-    sets = caption_sets(load_world())
+    world = load_world()
+    sets = caption_sets(world)
     seeds = list(range(args.seeds))
     for row in args.rows:
         head, *settings = row.split(",")
@@ -80,14 +100,16 @@ def main() -> None:
         kind, prompts_by_value = sets[concept]
         counts = []
         for value, prompts in prompts_by_value.items():
-            shown = styled = styled_total = 0
+            shown = styled = styled_total = by_hue = 0
             for prompt in prompts:
                 verdicts = judge_images(generate(model, GenerationRequest(prompt, seeds=seeds, steps=25)))
                 hits = sum(v.shows(kind, value) for v in verdicts)
                 shown += hits
+                by_hue += sum(hue_color(v, world) == value for v in verdicts)
                 if "by " in prompt or "style" in prompt:
                     styled, styled_total = styled + hits, styled_total + len(verdicts)
-            counts.append(f"{value} {shown}/{len(prompts) * len(seeds)} (styled {styled}/{styled_total})")
+            hue_note = f"; by hue {by_hue}" if args.hue_judge and kind == "color" else ""
+            counts.append(f"{value} {shown}/{len(prompts) * len(seeds)} (styled {styled}/{styled_total}{hue_note})")
         print(f"{row}: {'; '.join(counts)}  [{time.perf_counter() - started:.0f} s]", flush=True)
 
 

@@ -35,3 +35,16 @@ def test_texture_phase_does_not_matter():
     image = render(Scene("blue", "square", "riley"), rng)
     shifted = np.roll(image, shift=(2, 3), axis=(0, 1))  # the texture moves off the absolute grid
     assert judge_image(shifted).style == "riley"
+
+
+def test_verdict_keeps_the_painted_color_it_was_read_from():
+    world = load_world()
+    rng = np.random.default_rng(7)
+    for color in world["colors"]:
+        verdict = judge_image(render(Scene(color, "circle", "solid"), rng))
+        # the renderer jitters each channel by at most 15
+        assert np.abs(np.array(verdict.rgb) - np.array(world["colors"][color]["rgb"])).max() <= 20, color
+    blank = judge_image(np.full((64, 64, 3), 245, dtype=np.uint8))
+    assert blank.rgb is None
+    # the color it was read from is a measurement, not part of what the image shows
+    assert verdict == type(verdict)(verdict.color, verdict.shape, verdict.style)
