@@ -45,7 +45,9 @@ only, the keys keeping UCE's map (the adversarial embedding solved against both)
 95.5 / 97.7 % after 1 / 3 / 10 epochs (4 seeds, 44 images; UCE 95.5 %) with red still erased. Nor did guides that
 differ by layer (2026-12-07: UCE red guided to purple in every other key/value pair and to yellow in the rest, or
 keys to purple and values to yellow, so that no one embedding undoes every layer exactly): the least-squares c′
-still recovered 97.7 % either way (same 44 images; red left in 3 / 0 of 16 plain red images). So RECE here does not
+still recovered 97.7 % either way (same 44 images; red left in 3 / 0 of 16 plain red images). Holding red's 44
+caption forms at their UCE-start values in every step (so RECE leaves no more red in styled captions than UCE,
+5 of 144 in scripts/caption_spot_check.py) changed nothing there: 9 of 144 against 10. So RECE here does not
 halve the probe's recovery; in SD 1.x's 768-d embedding space the directions left
 after keeping the preserve set are many more, which is where the paper measures its gain.
 """

@@ -12,6 +12,9 @@ are kept in docs/erasure-results-notes.md.
 brightness ignored), instead of the suite judge's nearest sRGB: a check that a figure does not hang on where one
 judge puts the border between two colors.
 
+``--steps``, ``--guidance`` and ``--scheduler`` sample with other settings than the suite's (25 DDIM steps,
+guidance 5), as a user or another evaluation might.
+
 Usage: python scripts/caption_spot_check.py unedited:red uce:red esd-x:red ca:red:blue esd-x:red,lr=1e-4 [--seeds 4]
 """
 
@@ -25,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.generate import GenerationRequest, generate
+from engine.generate import SCHEDULERS, GenerationRequest, generate
 from engine.judge import Verdict, judge_images
 from engine.methods import EraseRequest, erase
 from engine.model import load_model
@@ -82,6 +85,9 @@ def main() -> None:
                         help="method:concept[:anchor][,key=value...], method 'unedited' for the base model")
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--hue-judge", action="store_true", help="also count colors by nearest hue")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
     args = parser.parse_args()
     model = load_model()
     world = load_world()
@@ -102,7 +108,8 @@ def main() -> None:
         for value, prompts in prompts_by_value.items():
             shown = styled = styled_total = by_hue = 0
             for prompt in prompts:
-                verdicts = judge_images(generate(model, GenerationRequest(prompt, seeds=seeds, steps=25)))
+                verdicts = judge_images(generate(model, GenerationRequest(prompt, seeds=seeds, steps=args.steps,
+                                                                        guidance=args.guidance, scheduler=args.scheduler)))
                 hits = sum(v.shows(kind, value) for v in verdicts)
                 shown += hits
                 by_hue += sum(hue_color(v, world) == value for v in verdicts)
