@@ -74,9 +74,11 @@ def hue_color(verdict: Verdict, world: dict) -> str | None:
     def hue(rgb) -> float:
         return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0]
 
-    h = hue(verdict.rgb)
-    return min(world["colors"], key=lambda c: min(abs(h - hue(world["colors"][c]["rgb"])),
-                                                  1 - abs(h - hue(world["colors"][c]["rgb"]))))
+    def distance(color: str) -> float:  # around the hue circle
+        d = abs(hue(verdict.rgb) - hue(world["colors"][color]["rgb"]))
+        return min(d, 1 - d)
+
+    return min(world["colors"], key=distance)
 
 
 def main() -> None:
@@ -104,6 +106,7 @@ def main() -> None:
         if method != "unedited":
             model.stack.push(erase(model, EraseRequest(method, [concept], anchors=anchors, params=params)), 1.0)
         kind, prompts_by_value = sets[concept]
+        by_hue_too = args.hue_judge and kind == "color"
         counts = []
         for value, prompts in prompts_by_value.items():
             shown = styled = styled_total = by_hue = 0
@@ -112,10 +115,11 @@ def main() -> None:
                                                                         guidance=args.guidance, scheduler=args.scheduler)))
                 hits = sum(v.shows(kind, value) for v in verdicts)
                 shown += hits
-                by_hue += sum(hue_color(v, world) == value for v in verdicts)
+                if by_hue_too:
+                    by_hue += sum(hue_color(v, world) == value for v in verdicts)
                 if "by " in prompt or "style" in prompt:
                     styled, styled_total = styled + hits, styled_total + len(verdicts)
-            hue_note = f"; by hue {by_hue}" if args.hue_judge and kind == "color" else ""
+            hue_note = f"; by hue {by_hue}" if by_hue_too else ""
             counts.append(f"{value} {shown}/{len(prompts) * len(seeds)} (styled {styled}/{styled_total}{hue_note})")
         print(f"{row}: {'; '.join(counts)}  [{time.perf_counter() - started:.0f} s]", flush=True)
 
