@@ -391,7 +391,7 @@ class Controller(QObject):
         plan = PreviewPlan(model.token, settings, sig, active)
         steps, guidance, size = settings
         job = preview_job(model.token, before_needed, after_needed, list(doc.seeds), steps, guidance, size,
-                           doc.preview.preview_every, self._snapshot(doc.stack), active)
+                          doc.preview.preview_every, self._snapshot(doc.stack), active)
         self._preview_started = time.perf_counter()
         self._preview_job = self._submit("preview", job, "Rendering previews", supersede=True)
         self._plans[self._preview_job] = plan
@@ -449,8 +449,8 @@ class Controller(QObject):
         selected = doc.selected if 0 <= doc.selected < len(doc.stack) else len(doc.stack) - 1
         strengths = SWEEP_STRENGTHS if sweep else ()
         job = measure_job(self._snapshot(doc.stack), concepts, list(doc.seeds), doc.preview.steps,
-                           doc.preview.guidance, selected, strengths, stack_signature(doc.stack),
-                           doc.stack[selected].strength)
+                          doc.preview.guidance, selected, strengths, stack_signature(doc.stack),
+                          doc.stack[selected].strength)
         return self._submit("evaluate", job, "Measuring erasure", supersede=True)
 
     def _stack_targets(self, stack: list[StackItem]) -> list[str]:

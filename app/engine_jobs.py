@@ -110,7 +110,7 @@ def erase_job(request: Any, snapshot: list, kinds: dict[str, str]):
 
 
 def preview_job(token: int, before: list[str], after: list[str], seeds: list[int], steps: int, guidance: float,
-                 size: int, preview_every: int, snapshot: list, active: bool):
+                size: int, preview_every: int, snapshot: list, active: bool):
     def run(ctx: EngineContext, progress, cancel: CancelToken) -> int:
         from engine.generate import GenerationRequest, generate
 
@@ -153,7 +153,7 @@ def preview_job(token: int, before: list[str], after: list[str], seeds: list[int
 
 
 def measure_job(snapshot: list, concepts: list[str], seeds: list[int], steps: int, guidance: float, selected: int,
-                 strengths: tuple[float, ...], sig: tuple, strength: float):
+                strengths: tuple[float, ...], sig: tuple, strength: float):
     def run(ctx: EngineContext, progress, cancel: CancelToken) -> MetricsResult:
         from engine.evaluate import EvalRequest, evaluate
         from engine.probe import probe_skip_reason

@@ -63,9 +63,9 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   α 0.002: red 7.0 %, blue and by Riley 0 %, specificity 0.968 (orange 0.60); the retain set as the siblings'
   bare words instead of the world's vocabulary: red 7.0 %, 0.925. With no retained concept at all (no null
   space, so not SPEED: UCE's soft term with SPEED's statistics) 0 / 0 / 0 % and 0.977 (soft 1: 0.961). Pushing
-  further with the bare-word retain set (2026-12-07, soft 3, α 0.002): away 1.25 / 1.5 erased all three (0 / 0 / 0 %, synonyms 0 %) at specificity
-  0.919 / 0.912 (colors 0.948 / 0.942). So in this text space the null-space constraint itself is what costs the
-  erasure or the specificity;
+  further with the bare-word retain set (2026-12-07, soft 3, α 0.002): away 1.25 / 1.5 erased all three
+  (0 / 0 / 0 %, synonyms 0 %) at specificity 0.919 / 0.912 (colors 0.948 / 0.942). So in this text space the
+  null-space constraint itself is what costs the erasure or the specificity;
 * the target is UCE's ``steer-away`` with sibling guides (see engine/uce.py; ``target=replace`` +
   ``default_guide=empty`` is the reference), and targets are expanded into a few prompts; as in UCE, a
   concept whose guide is one concrete sibling ("red → orange") is mapped exactly onto it, not past it.

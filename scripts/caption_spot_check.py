@@ -111,8 +111,9 @@ def main() -> None:
         for value, prompts in prompts_by_value.items():
             shown = styled = styled_total = by_hue = 0
             for prompt in prompts:
-                verdicts = judge_images(generate(model, GenerationRequest(prompt, seeds=seeds, steps=args.steps,
-                                                                        guidance=args.guidance, scheduler=args.scheduler)))
+                request = GenerationRequest(prompt, seeds=seeds, steps=args.steps, guidance=args.guidance,
+                                            scheduler=args.scheduler)
+                verdicts = judge_images(generate(model, request))
                 hits = sum(v.shows(kind, value) for v in verdicts)
                 shown += hits
                 if by_hue_too:
