@@ -113,7 +113,8 @@ def run_row(model, row: Row, seeds: list[int], others: int) -> dict:
         result = {"row": row.key, "method": row.method, "targets": row.targets, "anchors": row.anchors,
                   "params": edit.manifest.get("params", {}), "seconds": round(elapsed, 2),
                   "specificity": report.specificity, "erased": report.erased, "goal": row.goal,
-                  "specificity_by_kind": report.specificity_by_kind, "seeds": len(seeds), "others": unrelated}
+                  "specificity_by_kind": report.specificity_by_kind, "seeds": len(seeds), "others": unrelated,
+                  "measured_on": time.strftime("%Y-%m-%d")}
         if row.probe:
             from engine.probe import probe_recovery
 
@@ -151,11 +152,21 @@ def spec_text(row: dict) -> str:
     return pct(row["specificity"]) + (f"<br>{' · '.join(parts)}" if parts else "")
 
 
-def write_markdown(results: list[dict], dial: list[dict], seeds: int, measured_on: str) -> None:
+def measured_dates(results: list[dict]) -> str:
+    """"on D" when every row was measured the same day, else each day with its rows, newest first."""
+    days: dict[str, list[str]] = {}
+    for r in results:
+        days.setdefault(r["measured_on"], []).append(r["row"])
+    if len(days) == 1:
+        return f"on {next(iter(days))}"
+    return "; ".join(f"on {day} ({', '.join(rows)})" for day, rows in sorted(days.items(), reverse=True))
+
+
+def write_markdown(results: list[dict], dial: list[dict], seeds: int) -> None:
     lines = [
         "# Erasure results on the built-in ShapesWorld model",
         "",
-        (f"Measured by `python scripts/make_erasure_results.py` on {measured_on}: each method with its "
+        (f"Measured by `python scripts/make_erasure_results.py` {measured_dates(results)}: each method with its "
         f"defaults, {seeds} seeds (unless the seeds column says otherwise), 25 DDIM steps, guidance 5, judged by `engine/judge.py`. The prompt suite "
         f"(`engine.evaluate.compact_suite`) holds every plain prompt naming an erased concept (canonical word → "
         "efficacy, synonyms / other phrasings → generality) and the unrelated prompts counted in the \"unrelated\" "
@@ -201,7 +212,7 @@ def write_markdown(results: list[dict], dial: list[dict], seeds: int, measured_o
     for r in results:
         lines += [f"### {r['row']}", "", f"![{r['row']}](erasure/{r['row']}.png)", ""]
     (DOCS / "erasure-results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    record = {"rows": results, "dial": dial, "measured_on": measured_on}
+    record = {"rows": results, "dial": dial}
     (DOCS / "erasure-results.json").write_text(json.dumps(record, indent=1))
 
 
@@ -228,20 +239,16 @@ def main() -> None:
             results.append(run_row(model, row, seeds, args.others))
             print(json.dumps(results[-1]["erased"]), results[-1]["specificity"], flush=True)
         dial = [] if args.no_dial else strength_dial(model, seeds)
-    # Rows not re-run this time keep their last measured figures (one file for all methods).
+    # Rows not re-run this time keep their last measured figures and the day they were measured on.
     previous = DOCS / "erasure-results.json"
-    # --render-only keeps the date the figures were measured on; it only re-renders them with the notes
-    measured_on = time.strftime("%Y-%m-%d")
     if previous.is_file():
         old = json.loads(previous.read_text())
         fresh = {r["row"] for r in results}
         results += [r for r in old.get("rows", []) if r["row"] not in fresh]
         dial = dial or old.get("dial", [])
-        if args.render_only:
-            measured_on = old.get("measured_on", measured_on)
     order = [row.key for row in ROWS]
     results.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
-    write_markdown(results, dial, args.seeds, measured_on)
+    write_markdown(results, dial, args.seeds)
     print(f"wrote {DOCS / 'erasure-results.md'}")
 
 
