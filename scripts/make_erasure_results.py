@@ -153,7 +153,8 @@ def spec_text(row: dict) -> str:
 
 
 def measured_dates(results: list[dict]) -> str:
-    """"on D" when every row was measured the same day, else each day with its rows, newest first."""
+    """The measurement days for the header: "on D" when every row was measured the same day, else each day
+    with its rows, newest first."""
     days: dict[str, list[str]] = {}
     for r in results:
         days.setdefault(r["measured_on"], []).append(r["row"])
