@@ -216,8 +216,10 @@ def distant_siblings(model: Any, target: str, siblings: list[str], ratio: float)
         return siblings
     prompts = cf.concept_prompts(model, target, styled=False)
     base = cf.encode_prompts(model.pipe, prompts).embeds
-    distances = [float((cf.encode_prompts(model.pipe, [cf.substitute(p, target, s) for p in prompts]).embeds
-                        - base).norm()) for s in siblings]
+    distances = []
+    for sibling in siblings:
+        swapped = cf.encode_prompts(model.pipe, [cf.substitute(p, target, sibling) for p in prompts]).embeds
+        distances.append(float((swapped - base).norm()))
     median = sorted(distances)[len(distances) // 2]
     kept = [s for s, d in zip(siblings, distances) if d >= ratio * median]
     return kept if len(kept) >= 2 else siblings
