@@ -376,6 +376,29 @@ def color_paraphrases(model: Any, color: str) -> list[str]:
     return [t.format(color=color, shape=shape) for t in COLOR_PARAPHRASES for shape in world["shapes"]]
 
 
+def styled_color_captions(model: Any, color: str) -> list[str]:
+    """The color in every styled caption template of the built-in model, whole, each style phrasing in turn and
+    the shapes cycling ("a red star painted by Riley", "in the style of Kusama, a red circle"): 27 for a color.
+    Empty for other concepts and real models.
+
+    The edit runs from the color to the end of the prompt, so the words after it ("painted by Riley") are edited
+    in the context UCE saw them in; with only the first phrasing of each style among the erase prompts, red stayed
+    in "a red object painted by Riley" and "a crimson object in the style of Kusama" (see engine/uce.py)."""
+    info = concept_info(model, color)
+    return list(_styled_color_captions(color)) if info is not None and info.group == "color" else []
+
+
+@lru_cache(maxsize=64)
+def _styled_color_captions(color: str) -> tuple[str, ...]:
+    from engine.shapesworld import all_style_phrases, fill_caption, load_world
+
+    world = load_world()
+    shapes = list(world["shapes"])
+    fills = [(template, style) for template in world["templates"]["color_shape_style"] for style in all_style_phrases()]
+    return tuple(fill_caption(template, color=color, shape=shapes[i % len(shapes)], style=style)
+                 for i, (template, style) in enumerate(fills))
+
+
 @lru_cache(maxsize=64)
 def _color_heads(color: str) -> tuple[str, ...]:
     from engine.shapesworld import all_style_phrases, fill_caption, load_world

@@ -46,7 +46,13 @@ Deliberate deviations from the reference, each an option that can be switched ba
 * **Prompt expansion.** Each concept is erased in a few prompts (the model's own caption templates on
   the built-in model; UCE's art prompts or neutral captions otherwise), as UCE's 2025 code does. A color
   is also erased in every caption template cut right after it ("by Riley, a red"), so the edit reaches the
-  color's own token in each context, not only the words after it (``closed_form.caption_heads``).
+  color's own token in each context, not only the words after it (``closed_form.caption_heads``), and in
+  every styled caption template with each style's every phrasing ("a red star painted by Riley";
+  ``style_phrasings``, ``closed_form.styled_color_captions``): with only each style's first phrasing ("by Riley") red stayed in
+  "a red object painted by Riley" and "in the style of Kusama, a red star". UCE on red, red/crimson/scarlet in
+  all 12 color templates (scripts/caption_spot_check.py, 4 seeds, 144 images): red left 9 → 1 (guidance 5,
+  25 steps) and 4 → 1 (guidance 7.5, 50 steps), orange kept its color in 87 → 85 and 88 → 89 of 96. Adding
+  the plain templates' every form as well (ESD-x's ``caption_forms``) left red in 0 but orange in 77.
 * **Paraphrases** (``paraphrases``, on; colors of the built-in model only). The built-in model's captions always
   put a color after "a", "something" or a style, so without it the preserve set never holds "orange circle" or
   "a circle colored orange", and the edit spills there: UCE on red drew them yellow (or a yellowish orange the
@@ -131,6 +137,9 @@ PARAMS = (
               "Also erase a color, and preserve its sibling colors, in phrasings outside the built-in model's "
               "captions ('red circle', 'a circle colored red'); without it those phrasings of the siblings lose "
               "their color (use color_away 1 then)."),
+    ParamSpec("style_phrasings", "bool", True,
+              "Also erase a color in the styled captions with each style's every phrasing ('a red star painted by "
+              "Riley'), not only the first ('by Riley'); built-in model only."),
     ParamSpec("preserve_vocabulary", "bool", True,
               "Also preserve a sample of the model's own vocabulary (world words, or the bundled common list)."),
     ParamSpec("vocabulary_sample", "int", 300,
@@ -187,6 +196,8 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
             prompts = cf.concept_prompts(model, target, params["concept_type"], styled=False)
         else:
             prompts = cf.concept_prompts(model, target, params["concept_type"]) + cf.caption_heads(model, target)
+            if params["style_phrasings"]:
+                prompts += cf.styled_color_captions(model, target)
             if params["paraphrases"]:
                 prompts += cf.color_paraphrases(model, target)
                 paraphrased.append(target)
