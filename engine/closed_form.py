@@ -381,9 +381,10 @@ def styled_color_captions(model: Any, color: str) -> list[str]:
     the shapes cycling ("a red star painted by Riley", "in the style of Kusama, a red circle"): 27 for a color.
     Empty for other concepts and real models.
 
-    The edit runs from the color to the end of the prompt, so the words after it ("painted by Riley") are edited
-    in the context UCE saw them in; with only the first phrasing of each style among the erase prompts, red stayed
-    in "a red object painted by Riley" and "a crimson object in the style of Kusama" (see engine/uce.py)."""
+    UCE edits from the color to the end of the prompt, and the text encoder is causal, so the tokens of "painted
+    by Riley" after "red" carry red in a context that the first phrasing ("by Riley") does not cover: with only
+    that one among the erase prompts, red stayed in "a red object painted by Riley" and "a crimson object in the
+    style of Kusama" (see engine/uce.py)."""
     info = concept_info(model, color)
     return list(_styled_color_captions(color)) if info is not None and info.group == "color" else []
 

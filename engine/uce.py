@@ -48,8 +48,9 @@ Deliberate deviations from the reference, each an option that can be switched ba
   is also erased in every caption template cut right after it ("by Riley, a red"), so the edit reaches the
   color's own token in each context, not only the words after it (``closed_form.caption_heads``), and in
   every styled caption template with each style's every phrasing ("a red star painted by Riley";
-  ``style_phrasings``, ``closed_form.styled_color_captions``): with only each style's first phrasing ("by Riley") red stayed in
-  "a red object painted by Riley" and "in the style of Kusama, a red star". UCE on red, red/crimson/scarlet in
+  ``style_phrasings``, ``closed_form.styled_color_captions``): with only each style's first phrasing
+  ("by Riley") red stayed in "a red object painted by Riley" and "in the style of Kusama, a red star".
+  UCE on red, red/crimson/scarlet in
   all 12 color templates (scripts/caption_spot_check.py, 4 seeds, 144 images): red left 9 → 1 (guidance 5,
   25 steps) and 4 → 1 (guidance 7.5, 50 steps), orange kept its color in 87 → 85 and 88 → 89 of 96. Adding
   the plain templates' every form as well (ESD-x's ``caption_forms``) left red in 0 but orange in 77.
