@@ -125,21 +125,15 @@ def test_uce_reaches_a_color_inside_styled_captions(model):
     model.stack.push(erase(model, EraseRequest("uce", ["red"])))
     try:
         styled = _share(_verdicts(model, "a picture of a scarlet triangle by Riley", steps=25), "color", "red")
-        # red stayed in 2 of 4 images of each before every style phrasing was among the erase prompts; neither
-        # caption is one of them
-        phrased = _verdicts(model, "a picture of a red circle painted by Kusama", steps=25)
-        phrased += _verdicts(model, "a red object painted by Riley", steps=25)
     finally:
         model.stack.clear()
     assert styled <= 0.25
-    assert _share(phrased, "color", "red") <= 1 / 8
 
 
 def test_uce_erases_a_color_in_every_style_phrasing(model):
-    """A color is erased in the styled caption templates with each style's every phrasing
-    (``closed_form.styled_color_captions``): with only the first phrasing of each style ("by Kusama"), UCE on red
-    left red in 9 of the 144 images of scripts/caption_spot_check.py (4 seeds), all in styled captions; the test
-    above checks two of them."""
+    """With ``style_phrasings`` a color is also erased in the styled caption templates with each style's every
+    phrasing (``closed_form.styled_color_captions``). Without it, UCE on red left red in 9 of the 144 images of
+    scripts/caption_spot_check.py (4 seeds), all in styled captions, 2 of 4 in each of the two checked here."""
     from engine import uce
     from engine.methods import get_method
 
@@ -147,12 +141,20 @@ def test_uce_erases_a_color_in_every_style_phrasing(model):
     assert len(set(captions)) == 27 and {"a red triangle painted by Riley", "in the style of Riley, a red triangle",
                                          "a picture of a red square in the style of Kusama"} <= set(captions)
     assert cf.styled_color_captions(model, "star") == []
-    params = get_method("uce").resolve_params({})
-    plan = uce.plan(model, EraseRequest("uce", ["red"], params=params), params)
-    assert set(captions) <= set(plan.erase_prompts)
-    params = get_method("uce").resolve_params({"style_phrasings": False})  # SPEED's choice
+    params = get_method("uce").resolve_params({})  # off by default: it let red back in a three-concept job
     plan = uce.plan(model, EraseRequest("uce", ["red"], params=params), params)
     assert "a red triangle painted by Riley" not in plan.erase_prompts and "a red square by Riley" in plan.erase_prompts
+    params = get_method("uce").resolve_params({"style_phrasings": True})
+    plan = uce.plan(model, EraseRequest("uce", ["red"], params=params), params)
+    assert set(captions) <= set(plan.erase_prompts)
+    model.stack.push(erase(model, EraseRequest("uce", ["red"], params={"style_phrasings": True})))
+    try:
+        # neither caption is among the erase prompts
+        phrased = _verdicts(model, "a picture of a red circle painted by Kusama", steps=25)
+        phrased += _verdicts(model, "a red object painted by Riley", steps=25)
+    finally:
+        model.stack.clear()
+    assert _share(phrased, "color", "red") <= 1 / 8
 
 
 def test_uce_paraphrases_keep_a_sibling_color_outside_the_captions(model):
