@@ -346,18 +346,25 @@ def caption_forms(model: Any, color: str) -> list[tuple[str, str]]:
     return list(_caption_forms(color)) if info is not None and info.group == "color" else []
 
 
+def _cycled_fills(templates: list[str]) -> list[tuple[str, str, str]]:
+    """(template, shape, style) for each template, each style phrasing in turn where it has a style slot, the
+    built-in model's shapes cycling over the whole list."""
+    from engine.shapesworld import all_style_phrases, load_world
+
+    shapes = list(load_world()["shapes"])
+    phrasings = all_style_phrases()
+    fills = [(template, style) for template in templates for style in (phrasings if "{style}" in template else [""])]
+    return [(template, shapes[i % len(shapes)], style) for i, (template, style) in enumerate(fills)]
+
+
 @lru_cache(maxsize=64)
 def _caption_forms(color: str) -> tuple[tuple[str, str], ...]:
-    from engine.shapesworld import all_style_phrases, fill_caption, load_world
+    from engine.shapesworld import fill_caption, load_world
 
-    world = load_world()
-    shapes = list(world["shapes"])
-    phrasings = all_style_phrases()
-    fills = [(template, style) for ts in world["templates"].values() for template in ts if "{color}" in template
-             for style in (phrasings if "{style}" in template else [""])]
-    return tuple((fill_caption(template, color=color, shape=shapes[i % len(shapes)], style=style),
-                  fill_caption(template, shape=shapes[i % len(shapes)], style=style))
-                 for i, (template, style) in enumerate(fills))
+    templates = [t for ts in load_world()["templates"].values() for t in ts if "{color}" in t]
+    return tuple((fill_caption(template, color=color, shape=shape, style=style),
+                  fill_caption(template, shape=shape, style=style))
+                 for template, shape, style in _cycled_fills(templates))
 
 
 # Phrasings of a color outside the built-in model's caption templates, which always put the color after "a",
@@ -391,13 +398,10 @@ def styled_color_captions(model: Any, color: str) -> list[str]:
 
 @lru_cache(maxsize=64)
 def _styled_color_captions(color: str) -> tuple[str, ...]:
-    from engine.shapesworld import all_style_phrases, fill_caption, load_world
+    from engine.shapesworld import fill_caption, load_world
 
-    world = load_world()
-    shapes = list(world["shapes"])
-    fills = [(template, style) for template in world["templates"]["color_shape_style"] for style in all_style_phrases()]
-    return tuple(fill_caption(template, color=color, shape=shapes[i % len(shapes)], style=style)
-                 for i, (template, style) in enumerate(fills))
+    return tuple(fill_caption(template, color=color, shape=shape, style=style)
+                 for template, shape, style in _cycled_fills(load_world()["templates"]["color_shape_style"]))
 
 
 @lru_cache(maxsize=64)
