@@ -43,6 +43,8 @@ class ParamSpec:
                 value = int(value)
             elif self.kind == "bool":
                 value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+            elif self.kind == "choice" and isinstance(value, bool) and {"on", "off"} <= set(self.choices):
+                value = "on" if value else "off"  # the option was a checkbox in sessions saved before
             else:
                 value = str(value)
         except (TypeError, ValueError):

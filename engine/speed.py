@@ -46,8 +46,8 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   (and η 1) red + blue + by Riley left red in 14 % with specificity 0.89, at threshold 0.3 red 1 % but
   orange lost its color entirely (specificity 0.73), against 5 % and 0.90 without them (8 seeds, all 48 unrelated prompts);
   more retained rows leave the null space too thin for the edit;
-* UCE's ``style_phrasings`` (a color also erased in the styled captions with each style's every phrasing) stays
-  off: with it red + blue + by Riley (4 seeds, all 48 unrelated prompts) left red in 2 → 7 % and red's synonyms
+* UCE's ``style_phrasings`` (a color also erased in the styled captions with each style's every phrasing) is
+  off, also for one concept: with it red + blue + by Riley (4 seeds, all 48 unrelated prompts) left red in 2 → 7 % and red's synonyms
   in 0 → 19 % at specificity 0.89 → 0.92;
 * tried and not kept: ESD-x's preserve projection applied to SPEED's value change (keep it on the targets'
   tokens, take it off their siblings' captions; ``engine.esd.projection_factor``). Red + blue + by Riley, 4 seeds,
@@ -217,7 +217,8 @@ def run(model: Any, request: EraseRequest, progress: ProgressCallback, cancel: C
     progress(Progress("erase", 0, len(projections), "Encoding concepts"))
     # SPEED's one η serves styles and colors too; UCE's paraphrases are not measured with SPEED's null space
     uce_params = {p.name: p.default for p in uce_mod.PARAMS} | {k: params[k] for k in _SHARED} | {
-        "tokens": params["tokens"], "style_away": params["away"], "color_away": params["away"], "paraphrases": False}
+        "tokens": params["tokens"], "style_away": params["away"], "color_away": params["away"], "paraphrases": False,
+        "style_phrasings": "off"}
     plan = uce_mod.plan(model, request, uce_params)
     soft_preserve = plan.preserve  # UCE's preserve set (siblings in every caption form), for ``soft_preserve``
     # The retain set is the bare concepts (one last-subject token each), as in the reference: the null space

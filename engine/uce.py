@@ -47,7 +47,8 @@ Deliberate deviations from the reference, each an option that can be switched ba
   the built-in model; UCE's art prompts or neutral captions otherwise), as UCE's 2025 code does. A color
   is also erased in every caption template cut right after it ("by Riley, a red"), so the edit reaches the
   color's own token in each context, not only the words after it (``closed_form.caption_heads``).
-* **Every style phrasing** (``style_phrasings``, off; ``closed_form.styled_color_captions``): a color also erased
+* **Every style phrasing** (``style_phrasings``, auto: on when the job erases one concept;
+  ``closed_form.styled_color_captions``): a color also erased
   in every styled caption template with each style's every phrasing ("a red star painted by Riley"), not only
   the first ("by Riley"). With only the first, red stays in "a red object painted by Riley" and "in the style of
   Kusama, a red star". For red alone it helps: red/crimson/scarlet in all 12 color templates
@@ -55,7 +56,8 @@ Deliberate deviations from the reference, each an option that can be switched ba
   (guidance 7.5, 50 steps), orange kept 87 → 85 and 88 → 89 of 96; RECE 11 → 1; over the suite (16 seeds, all
   80 unrelated prompts) red 0 → 0 %, synonyms 0.8 → 0 %, shapes of red prompts kept 95.0 → 93.4 %,
   specificity 100.6 → 99.3 %. But red + blue + by Riley in one job (16 seeds, all 48 unrelated prompts) left red
-  in 1.5 → 6.8 % at specificity 97.3 → 94.1 %, failing both of the studio's targets, so it is off by default.
+  in 1.5 → 6.8 % at specificity 97.3 → 94.1 %, failing both of the studio's targets, so by default it is on
+  only in a job with one concept (RECE red with it: red 0 %, synonyms 0 %, specificity 99.5 → 98.3 %, 16 seeds).
   Erasing every caption form whole (ESD-x's ``caption_forms``, plain templates too) left red alone in 0 of 144
   but orange kept only 77 of 96.
 * **Paraphrases** (``paraphrases``, on; colors of the built-in model only). The built-in model's captions always
@@ -142,10 +144,11 @@ PARAMS = (
               "Also erase a color, and preserve its sibling colors, in phrasings outside the built-in model's "
               "captions ('red circle', 'a circle colored red'); without it those phrasings of the siblings lose "
               "their color (use color_away 1 then)."),
-    ParamSpec("style_phrasings", "bool", False,
+    ParamSpec("style_phrasings", "choice", "auto",
               "Also erase a color in the styled captions with each style's every phrasing ('a red star painted by "
-              "Riley'), not only the first ('by Riley'); built-in model only. Helps one color alone; in a job "
-              "with several concepts it let red back."),
+              "Riley'), not only the first ('by Riley'); built-in model only. Auto: on when the job erases one "
+              "concept, where it helps; in a job with several concepts it let red back.",
+              choices=("auto", "on", "off")),
     ParamSpec("preserve_vocabulary", "bool", True,
               "Also preserve a sample of the model's own vocabulary (world words, or the bundled common list)."),
     ParamSpec("vocabulary_sample", "int", 300,
@@ -202,7 +205,7 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
             prompts = cf.concept_prompts(model, target, params["concept_type"], styled=False)
         else:
             prompts = cf.concept_prompts(model, target, params["concept_type"]) + cf.caption_heads(model, target)
-            if params["style_phrasings"]:
+            if params["style_phrasings"] == "on" or (params["style_phrasings"] == "auto" and len(targets) == 1):
                 prompts += cf.styled_color_captions(model, target)
             if params["paraphrases"]:
                 prompts += cf.color_paraphrases(model, target)

@@ -131,8 +131,8 @@ def test_uce_reaches_a_color_inside_styled_captions(model):
 
 
 def test_uce_erases_a_color_in_every_style_phrasing(model):
-    """With ``style_phrasings`` a color is also erased in the styled caption templates with each style's every
-    phrasing (``closed_form.styled_color_captions``). Without it, UCE on red left red in 9 of the 144 images of
+    """With ``style_phrasings`` (by default on when the job erases one concept) a color is also erased in the
+    styled caption templates with each style's every phrasing (``closed_form.styled_color_captions``). Without it, UCE on red left red in 9 of the 144 images of
     scripts/caption_spot_check.py (4 seeds), all in styled captions, 2 of 4 in each of the two checked here."""
     from engine import uce
     from engine.methods import get_method
@@ -141,13 +141,18 @@ def test_uce_erases_a_color_in_every_style_phrasing(model):
     assert len(set(captions)) == 27 and {"a red triangle painted by Riley", "in the style of Riley, a red triangle",
                                          "a picture of a red square in the style of Kusama"} <= set(captions)
     assert cf.styled_color_captions(model, "star") == []
-    params = get_method("uce").resolve_params({})  # off by default: it let red back in a three-concept job
-    plan = uce.plan(model, EraseRequest("uce", ["red"], params=params), params)
-    assert "a red triangle painted by Riley" not in plan.erase_prompts and "a red square by Riley" in plan.erase_prompts
-    params = get_method("uce").resolve_params({"style_phrasings": True})
+    params = get_method("uce").resolve_params({})  # auto: on for one concept, off in a job with several
     plan = uce.plan(model, EraseRequest("uce", ["red"], params=params), params)
     assert set(captions) <= set(plan.erase_prompts)
-    model.stack.push(erase(model, EraseRequest("uce", ["red"], params={"style_phrasings": True})))
+    several = uce.plan(model, EraseRequest("uce", ["red", "blue"], params=params), params)
+    assert "a red triangle painted by Riley" not in several.erase_prompts
+    assert "a red square by Riley" in several.erase_prompts
+    params = get_method("uce").resolve_params({"style_phrasings": "off"})
+    plan = uce.plan(model, EraseRequest("uce", ["red"], params=params), params)
+    assert "a red triangle painted by Riley" not in plan.erase_prompts
+    # sessions saved while the option was a checkbox still load
+    assert get_method("uce").resolve_params({"style_phrasings": True})["style_phrasings"] == "on"
+    model.stack.push(erase(model, EraseRequest("uce", ["red"])))
     try:
         # neither caption is among the erase prompts
         phrased = _verdicts(model, "a picture of a red circle painted by Kusama", steps=25)
