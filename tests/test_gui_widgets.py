@@ -14,7 +14,7 @@ from widgets.history_panel import HistoryPanel
 from widgets.image_grid import BeforeAfterGrid
 from widgets.method_panel import MethodPanel, format_eta
 from widgets.metrics_chart import MetricsChart, MetricsData
-from widgets.param_form import ParamForm
+from widgets.param_form import ParamForm, pretty
 from widgets.prompt_panel import parse_seeds
 
 
@@ -87,6 +87,11 @@ def test_param_form_names_what_a_minimum_stands_for(qtbot):
     assert form.editors["scale"].text() == "preset" and form.editors["epochs"].text() == "by concept type"
     form.editors["scale"].setValue(2.0)
     assert form.values()["scale"] == 2.0 and form.editors["scale"].text() != "preset"
+
+
+def test_param_labels_spell_out_abbreviations():
+    assert [pretty(n) for n in ("lamb", "step_lamb", "lr", "ddim_steps", "use_ipf", "preserve_scale")] == [
+        "λ", "Step λ", "Learning rate", "DDIM steps", "Use IPF", "Preserve scale"]
 
 
 def test_parse_seeds_and_eta():

@@ -20,8 +20,15 @@ def _decimals(spec: Any) -> int:
     return max(2, min(6, 1 - math.floor(math.log10(smallest)))) if smallest < 1 else 3
 
 
+# words of parameter names that read better spelled out or as the papers write them
+LABEL_WORDS = {"lamb": "λ", "lr": "learning rate", "ddim": "DDIM", "sld": "SLD", "iec": "IEC", "ipf": "IPF",
+               "dpa": "DPA", "aug": "augmentation", "num": "count", "reg": "regulariser"}
+
+
 def pretty(name: str) -> str:
-    return name.replace("_", " ").capitalize()
+    """A parameter's label: "step_lamb" → "Step λ", "ddim_steps" → "DDIM steps"."""
+    label = " ".join(LABEL_WORDS.get(word, word) for word in name.split("_"))
+    return label[:1].upper() + label[1:] if label[:1].isascii() else label  # "λ", not "Λ"
 
 
 class ParamForm(QWidget):
