@@ -47,8 +47,8 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   orange lost its color entirely (specificity 0.73), against 5 % and 0.90 without them (8 seeds, all 48 unrelated prompts);
   more retained rows leave the null space too thin for the edit;
 * UCE's ``style_phrasings`` (a color also erased in the styled captions with each style's every phrasing) is
-  off, also for one concept: with it red + blue + by Riley (4 seeds, all 48 unrelated prompts) left red in 2 → 7 % and red's synonyms
-  in 0 → 19 % at specificity 0.89 → 0.92;
+  off, also for one concept: with it red + blue + by Riley (4 seeds, all 48 unrelated prompts) left red in
+  2 → 7 % and red's synonyms in 0 → 19 % at specificity 0.89 → 0.92;
 * tried and not kept: ESD-x's preserve projection applied to SPEED's value change (keep it on the targets'
   tokens, take it off their siblings' captions; ``engine.esd.projection_factor``). Red + blue + by Riley, 4 seeds,
   all 48 unrelated prompts: specificity 0.87 → 1.01 / 0.99 / 0.95 at preserve weight 0.1 / 0.03 / 0.01, but red

@@ -132,8 +132,9 @@ def test_uce_reaches_a_color_inside_styled_captions(model):
 
 def test_uce_erases_a_color_in_every_style_phrasing(model):
     """With ``style_phrasings`` (by default on when the job erases one concept) a color is also erased in the
-    styled caption templates with each style's every phrasing (``closed_form.styled_color_captions``). Without it, UCE on red left red in 9 of the 144 images of
-    scripts/caption_spot_check.py (4 seeds), all in styled captions, 2 of 4 in each of the two checked here."""
+    styled caption templates with each style's every phrasing (``closed_form.styled_color_captions``). Without
+    it, UCE on red left red in 9 of the 144 images of scripts/caption_spot_check.py (4 seeds), all in styled
+    captions, 2 of 4 in each of the two checked here."""
     from engine import uce
     from engine.methods import get_method
 
