@@ -134,7 +134,25 @@ def check_document(doc: Document) -> None:
     for concept in doc.concepts:
         if concept.kind not in CONCEPT_KINDS:
             raise ValueError(f"concept kind {concept.kind!r}")
+    check_params(doc.params)
     doc.selected = min(max(doc.selected, -1), len(doc.stack) - 1)
+
+
+def check_params(params: dict[str, dict[str, Any]]) -> None:
+    """Bring saved parameter overrides to the current specs in place, so the form shows what a job would use
+    (a checkbox that became a choice reads "on"/"off"). Methods or parameters this release lacks are kept as
+    they are; a value out of its range is a damaged session."""
+    from engine.methods import all_methods
+
+    methods = all_methods()
+    for method, values in params.items():
+        specs = {p.name: p for p in methods[method].params} if method in methods else {}
+        for name, value in values.items():
+            if name in specs:
+                try:
+                    values[name] = specs[name].parse(value)
+                except InputError as exc:
+                    raise ValueError(f"{method} {exc.user_message}") from None
 
 
 def write_session(path: Path, model: ModelRef, doc: Document, edits: dict[str, Any]) -> Path:

@@ -232,6 +232,8 @@ SESSION_CASES = {
         "edit_id", "../../elsewhere"), "damaged contents"),
     "unknown concept kind": (lambda d: d["document"]["concepts"][0].__setitem__("kind", "weird"),
                              "damaged contents"),
+    "parameter out of its range": (lambda d: d["document"].__setitem__("params", {"uce": {"lamb": -1}}),
+                                   "damaged contents"),
 }
 
 
@@ -263,6 +265,19 @@ def test_session_fields_that_may_be_missing_or_extra(tmp_path: Path, builtin_mod
     assert session.doc.preview == Document().preview and session.doc.seeds == Document().seeds
     assert session.doc.selected == 1  # clamped to the last stack entry
     assert [c.text for c in session.doc.concepts] == ["red"] and len(session.edit_files) == 2
+
+
+def test_session_parameters_are_read_as_the_current_specs(tmp_path: Path, builtin_model) -> None:
+    """A checkbox saved by an earlier release reads as the choice it became, numbers saved as text read as
+    numbers, and parameters or methods this release does not know are kept untouched."""
+    from app.session import read_session
+
+    path, data = _session(tmp_path, builtin_model)
+    saved = {"uce": {"style_phrasings": False, "lamb": "0.5", "retired_option": 3}, "later-method": {"k": 1}}
+    path.write_text(json.dumps(_variant(data, lambda d: d["document"].__setitem__("params", saved))))
+    params = read_session(path).doc.params
+    assert params["uce"] == {"style_phrasings": "off", "lamb": 0.5, "retired_option": 3}
+    assert params["later-method"] == {"k": 1}
 
 
 def test_session_pointing_at_deleted_edit_files(tmp_path: Path, builtin_model) -> None:
