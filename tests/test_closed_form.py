@@ -29,6 +29,16 @@ def _verdicts(model, prompt: str, seeds=range(4), steps: int = 10):
     return judge_images(generate(model, GenerationRequest(prompt, seeds=list(seeds), steps=steps, guidance=5.0)))
 
 
+def _verdicts_after_uce(model, targets: list[str], *prompts: str) -> list[list]:
+    """Each prompt's verdicts (4 seeds, 25 steps) with UCE's default edit of ``targets`` applied; the model is
+    left as it was."""
+    model.stack.push(erase(model, EraseRequest("uce", targets)))
+    try:
+        return [_verdicts(model, prompt, steps=25) for prompt in prompts]
+    finally:
+        model.stack.clear()
+
+
 def _share(verdicts, kind: str, value: str) -> float:
     return sum(v.shows(kind, value) for v in verdicts) / len(verdicts)
 
@@ -122,12 +132,8 @@ def test_uce_reaches_a_color_inside_styled_captions(model):
     assert set(heads) <= set(plan.erase_prompts)
     index = plan.erase_prompts.index("by Riley, a red")
     assert "by Riley, a green" in plan.erase_guides[index]  # guided to the same head about a sibling
-    model.stack.push(erase(model, EraseRequest("uce", ["red"])))
-    try:
-        styled = _share(_verdicts(model, "a picture of a scarlet triangle by Riley", steps=25), "color", "red")
-    finally:
-        model.stack.clear()
-    assert styled <= 0.25
+    [styled] = _verdicts_after_uce(model, ["red"], "a picture of a scarlet triangle by Riley")
+    assert _share(styled, "color", "red") <= 0.25
 
 
 def test_uce_erases_a_color_in_every_style_phrasing(model):
@@ -153,14 +159,10 @@ def test_uce_erases_a_color_in_every_style_phrasing(model):
     assert "a red triangle painted by Riley" not in plan.erase_prompts
     # sessions saved while the option was a checkbox still load
     assert get_method("uce").resolve_params({"style_phrasings": True})["style_phrasings"] == "on"
-    model.stack.push(erase(model, EraseRequest("uce", ["red"])))
-    try:
-        # neither caption is among the erase prompts
-        phrased = _verdicts(model, "a picture of a red circle painted by Kusama", steps=25)
-        phrased += _verdicts(model, "a red object painted by Riley", steps=25)
-    finally:
-        model.stack.clear()
-    assert _share(phrased, "color", "red") <= 1 / 8
+    # neither caption is among the erase prompts
+    kusama, riley = _verdicts_after_uce(model, ["red"], "a picture of a red circle painted by Kusama",
+                                        "a red object painted by Riley")
+    assert _share(kusama + riley, "color", "red") <= 1 / 8
 
 
 def test_uce_paraphrases_keep_a_sibling_color_outside_the_captions(model):
@@ -180,13 +182,8 @@ def test_uce_paraphrases_keep_a_sibling_color_outside_the_captions(model):
     # a concept mapped exactly onto one sibling keeps the plain captions only, on both sides
     onto = uce.plan(model, EraseRequest("uce", ["red"], guides=["orange"], params=params), params)
     assert "red circle" not in onto.erase_prompts and "orange circle" not in onto.preserve
-    model.stack.push(erase(model, EraseRequest("uce", ["red"])))
-    try:
-        orange = _share(_verdicts(model, "orange circle", steps=25), "color", "orange")
-        red = _share(_verdicts(model, "a circle colored red", steps=25), "color", "red")
-    finally:
-        model.stack.clear()
-    assert orange >= 0.75 and red <= 0.25
+    orange, red = _verdicts_after_uce(model, ["red"], "orange circle", "a circle colored red")
+    assert _share(orange, "color", "orange") >= 0.75 and _share(red, "color", "red") <= 0.25
 
 
 def test_cancel_leaves_the_model_unchanged(model):
@@ -401,15 +398,11 @@ def test_uce_draws_a_style_s_prompts_without_the_style(model):
     siblings = uce.plan(model, EraseRequest("uce", ["by Kusama"], params=params | {"default_guide": "siblings"}),
                         params | {"default_guide": "siblings"})
     assert siblings.guides == [["by Riley", "by Vasarely"]]
-    model.stack.push(erase(model, EraseRequest("uce", ["by Kusama"])))
-    try:
-        # neither caption is among the erase prompts
-        verdicts = _verdicts(model, "a picture of a blue star painted by Kusama", steps=25)
-        verdicts += _verdicts(model, "a green triangle in the style of Kusama", steps=25)
-    finally:
-        model.stack.clear()
-    assert _share(verdicts, "style", "solid") >= 7 / 8
-    assert _share(verdicts[:4], "color", "blue") >= 3 / 4 and _share(verdicts[4:], "color", "green") >= 3 / 4
+    # neither caption is among the erase prompts
+    blue, green = _verdicts_after_uce(model, ["by Kusama"], "a picture of a blue star painted by Kusama",
+                                      "a green triangle in the style of Kusama")
+    assert _share(blue + green, "style", "solid") >= 7 / 8
+    assert _share(blue, "color", "blue") >= 3 / 4 and _share(green, "color", "green") >= 3 / 4
 
 
 def test_speed_maps_a_concept_exactly_onto_a_single_sibling_guide(model):
