@@ -71,9 +71,9 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   null-space constraint itself is what costs the erasure or the specificity;
 * the target is UCE's ``steer-away`` with sibling guides, a style's the prompt without it (see engine/uce.py;
   since that change, 16 seeds: red / blue / by Riley 4.0 / 0 / 0 → 3.0 / 0 / 0 %, 0.930 → 0.935;
-  ``target=replace`` + ``default_guide=empty`` is the reference), and targets are expanded into a few prompts; as
-  in UCE, a
-  concept whose guide is one concrete sibling ("red → orange") is mapped exactly onto it, not past it.
+  ``target=replace`` + ``default_guide=empty`` is the reference), and targets are expanded into a few prompts;
+  as in UCE, a concept whose guide is one concrete sibling ("red → orange") is mapped exactly onto it, not past
+  it.
   Measured with today's retain set (2026-12-07; red + blue + by Riley, 4 seeds, all 48 unrelated prompts;
   red / blue / by Riley left, red's synonyms left, specificity): the reference's ``replace`` onto the empty prompt
   62 / 14 / 0 %, 100 %, 0.942; steer-away from the empty prompt 9 / 0 / 0 %, 25 %, 0.883; the default (siblings,
