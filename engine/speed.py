@@ -69,7 +69,7 @@ built-in model's edit too small to erase anything, see below). Deliberate deviat
   further with the bare-word retain set (2026-12-07, soft 3, α 0.002): away 1.25 / 1.5 erased all three
   (0 / 0 / 0 %, synonyms 0 %) at specificity 0.919 / 0.912 (colors 0.948 / 0.942). So in this text space the
   null-space constraint itself is what costs the erasure or the specificity;
-* the target is UCE's ``steer-away`` with sibling guides, a style's the prompt without it (see engine/uce.py;
+* the target is UCE's ``steer-away`` with sibling guides, for a style the prompt without it (see engine/uce.py;
   since that change, 16 seeds: red / blue / by Riley 4.0 / 0 / 0 → 3.0 / 0 / 0 %, 0.930 → 0.935;
   ``target=replace`` + ``default_guide=empty`` is the reference), and targets are expanded into a few prompts;
   as in UCE, a concept whose guide is one concrete sibling ("red → orange") is mapped exactly onto it, not past

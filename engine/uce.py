@@ -189,8 +189,7 @@ def plan(model: Any, request: EraseRequest, params: dict[str, Any]) -> UcePlan:
     for target, guide in zip(targets, explicit):
         parts = cf.split_guide(guide)
         if parts is None and uses_sibling_guide(model, target, params):
-            # siblings that are erased in the same job are no place to send a concept
-            parts = [g for g in cf.default_guides(model, target) if not cf.related_to(model, g, targets)] or [""]
+            parts = free_siblings(model, target, targets) or [""]
             parts = distant_siblings(model, target, parts, params["near_sibling_ratio"])
         elif parts is None:
             parts = [""]
@@ -244,8 +243,13 @@ def swap_parts(model: Any, target: str, parts: list[str], targets: list[str]) ->
     of red's prompts (4 seeds), all in Riley's captions."""
     if parts != [""]:
         return parts
-    siblings = [g for g in cf.default_guides(model, target) if g and not cf.related_to(model, g, targets)]
-    return siblings or parts
+    return free_siblings(model, target, targets) or parts
+
+
+def free_siblings(model: Any, target: str, targets: list[str]) -> list[str]:
+    """The target's siblings that the job does not erase: siblings erased in the same job are no place to send
+    a concept. Empty when the model knows none."""
+    return [g for g in cf.default_guides(model, target) if g and not cf.related_to(model, g, targets)]
 
 
 def uses_sibling_guide(model: Any, target: str, params: dict[str, Any]) -> bool:
